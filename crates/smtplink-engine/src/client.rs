@@ -1,0 +1,740 @@
+//! The client side of an SMTP session, as a sans-IO state machine.
+//!
+//! ```text
+//!  [greeting] --220--> [EHLO] --250--> [ready] --send()--> [transaction] --+
+//!                        | 5xx           ^  ^                              |
+//!                        v               |  +------------------------------+
+//!                      [HELO] --250------+          report per recipient
+//!  [ready] --quit()--> [QUIT] --221--> [closed]
+//! ```
+//!
+//! With PIPELINING the client sends MAIL, every RCPT and DATA in one batch
+//! (RFC 2920); otherwise it waits for each reply. It never sends a parameter
+//! the server did not advertise, and refuses, before anything is sent, a
+//! message it could not deliver faithfully (bare CR/LF, over-long lines,
+//! 8-bit data without 8BITMIME, UTF-8 addresses without SMTPUTF8).
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+use thiserror::Error;
+use tracing::{debug, trace};
+
+use crate::address::{ForwardPath, ReversePath};
+use crate::command::Command;
+use crate::data::dot_stuff;
+use crate::error::{AddressError, ApiMisuse, MessageError, ReplyError};
+use crate::params::{Body, MailParams, RcptParams};
+use crate::reply::{Reply, ReplyCode, ReplyParser};
+
+/// Longest message line the client sends, CRLF included (RFC 5322 2.1.1:
+/// 998 characters plus CRLF).
+pub const MAX_TEXT_LINE: usize = 1000;
+
+/// Settings of a client session.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The name we give in EHLO/HELO.
+    pub hello_name: String,
+    /// Use PIPELINING when the server offers it.
+    pub pipelining: bool,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            hello_name: "localhost".into(),
+            pipelining: true,
+        }
+    }
+}
+
+/// What the server offered in its EHLO reply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// The session began with EHLO (else HELO, and nothing below is offered).
+    pub esmtp: bool,
+    /// PIPELINING (RFC 2920).
+    pub pipelining: bool,
+    /// SIZE (RFC 1870): `Some(0)` means no fixed limit.
+    pub size: Option<u64>,
+    /// 8BITMIME (RFC 6152).
+    pub eightbitmime: bool,
+    /// SMTPUTF8 (RFC 6531).
+    pub smtputf8: bool,
+    /// ENHANCEDSTATUSCODES (RFC 2034).
+    pub enhanced_status_codes: bool,
+    /// Every keyword line as offered (upper-cased keyword, then its arguments).
+    pub raw: Vec<String>,
+}
+
+impl Capabilities {
+    /// Reads the lines of an EHLO reply after the first (the greeting line).
+    pub fn from_ehlo(reply: &Reply) -> Self {
+        let mut caps = Capabilities {
+            esmtp: true,
+            ..Default::default()
+        };
+        for line in reply.lines().iter().skip(1) {
+            let mut words = line.split_ascii_whitespace();
+            // smtp-sink ends its reply with an empty "250 " line: skip it.
+            let Some(keyword) = words.next() else { continue };
+            let keyword = keyword.to_ascii_uppercase();
+            match keyword.as_str() {
+                "PIPELINING" => caps.pipelining = true,
+                "SIZE" => caps.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
+                "8BITMIME" => caps.eightbitmime = true,
+                "SMTPUTF8" => caps.smtputf8 = true,
+                "ENHANCEDSTATUSCODES" => caps.enhanced_status_codes = true,
+                _ => {}
+            }
+            caps.raw.push(line.trim().to_string());
+        }
+        caps
+    }
+}
+
+/// Sender and recipients of one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// MAIL FROM.
+    pub from: ReversePath,
+    /// RCPT TO, in order.
+    pub to: Vec<ForwardPath>,
+}
+
+impl Envelope {
+    /// Parses addresses written without angle brackets (`a@b.org`; an empty
+    /// sender is the null path). CR, LF and other control characters are
+    /// refused before parsing, so no address can smuggle a command.
+    pub fn parse<S: AsRef<str>>(from: &str, to: &[S]) -> Result<Self, MessageError> {
+        fn check(address: &str) -> Result<String, MessageError> {
+            if address.chars().any(char::is_control) {
+                return Err(MessageError::ControlInAddress {
+                    address: address.escape_debug().to_string(),
+                });
+            }
+            let a = address.trim();
+            Ok(if a.starts_with('<') {
+                a.to_string()
+            } else {
+                format!("<{a}>")
+            })
+        }
+        let bad = |address: &str, reason: AddressError| MessageError::BadAddress {
+            address: address.to_string(),
+            reason,
+        };
+        let from_path = ReversePath::parse(&check(from)?, true).map_err(|e| bad(from, e))?;
+        let mut paths = Vec::new();
+        for t in to {
+            let t = t.as_ref();
+            paths.push(ForwardPath::parse(&check(t)?, true).map_err(|e| bad(t, e))?);
+        }
+        if paths.is_empty() {
+            return Err(MessageError::NoRecipients);
+        }
+        Ok(Self {
+            from: from_path,
+            to: paths,
+        })
+    }
+
+    fn is_ascii(&self) -> bool {
+        self.from.is_ascii() && self.to.iter().all(ForwardPath::is_ascii)
+    }
+}
+
+/// Checks a message for what SMTP cannot carry: bare CR or LF, lines over
+/// [`MAX_TEXT_LINE`]. Returns whether it has 8-bit bytes.
+pub fn check_message(body: &[u8]) -> Result<bool, MessageError> {
+    let mut line_start = 0;
+    let mut line_no = 1;
+    let mut i = 0;
+    while let Some(off) = memchr::memchr2(b'\r', b'\n', &body[i..]) {
+        let pos = i + off;
+        if body[pos] == b'\n' || body.get(pos + 1) != Some(&b'\n') {
+            return Err(MessageError::BareLineEnding { offset: pos });
+        }
+        if pos + 2 - line_start > MAX_TEXT_LINE {
+            return Err(MessageError::LineTooLong {
+                line: line_no,
+                limit: MAX_TEXT_LINE,
+            });
+        }
+        i = pos + 2;
+        line_start = i;
+        line_no += 1;
+    }
+    if body.len() - line_start + 2 > MAX_TEXT_LINE {
+        return Err(MessageError::LineTooLong {
+            line: line_no,
+            limit: MAX_TEXT_LINE,
+        });
+    }
+    Ok(!body.is_ascii())
+}
+
+/// How one recipient fared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecipientOutcome {
+    /// The server took responsibility for delivery (RCPT and end of data 2xx).
+    Accepted(Reply),
+    /// A 4xx: try again later.
+    Transient(Reply),
+    /// A 5xx: do not try again.
+    Permanent(Reply),
+}
+
+impl RecipientOutcome {
+    fn from_reply(reply: &Reply) -> Self {
+        if reply.is_positive() {
+            RecipientOutcome::Accepted(reply.clone())
+        } else if reply.is_permanent() {
+            RecipientOutcome::Permanent(reply.clone())
+        } else {
+            RecipientOutcome::Transient(reply.clone())
+        }
+    }
+
+    /// The reply that decided the outcome.
+    pub fn reply(&self) -> &Reply {
+        match self {
+            RecipientOutcome::Accepted(r)
+            | RecipientOutcome::Transient(r)
+            | RecipientOutcome::Permanent(r) => r,
+        }
+    }
+}
+
+/// The result of sending one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransactionReport {
+    /// Each recipient with its outcome, in envelope order.
+    pub recipients: Vec<(ForwardPath, RecipientOutcome)>,
+}
+
+impl TransactionReport {
+    /// Every recipient accepted.
+    pub fn all_accepted(&self) -> bool {
+        self.recipients
+            .iter()
+            .all(|(_, o)| matches!(o, RecipientOutcome::Accepted(_)))
+    }
+
+    /// Some recipient failed temporarily (and may be retried).
+    pub fn any_transient(&self) -> bool {
+        self.recipients
+            .iter()
+            .any(|(_, o)| matches!(o, RecipientOutcome::Transient(_)))
+    }
+}
+
+/// What the client tells the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// Greeting and EHLO/HELO are done: messages may be sent.
+    Ready(Capabilities),
+    /// A message's transaction finished (in whatever way).
+    Sent(TransactionReport),
+    /// The session is over (QUIT answered, or a fatal error).
+    Closed,
+}
+
+/// A failure that ends a client session.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The server refused the session (greeting, EHLO and HELO, or 421).
+    #[error("server refused the session at {stage}: {reply}")]
+    Refused {
+        /// Which step.
+        stage: &'static str,
+        /// The server's reply.
+        reply: Reply,
+    },
+    /// The server sent something that is not an SMTP reply.
+    #[error("server broke the protocol: {0}")]
+    Protocol(#[from] ReplyError),
+    /// A reply arrived that nothing was waiting for.
+    #[error("unexpected reply from server: {0}")]
+    Unexpected(Reply),
+    /// The driver reported a timeout.
+    #[error("timed out waiting for the server ({0:?})")]
+    Timeout(ClientTimeout),
+}
+
+impl ClientError {
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Refused { reply, .. } => !reply.is_permanent(),
+            _ => true,
+        }
+    }
+}
+
+/// Which RFC 5321 4.5.3.2 timer applies to the reply awaited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientTimeout {
+    /// 4.5.3.2.1 initial 220: 5 minutes.
+    Greeting,
+    /// 4.5.3.2.2 MAIL (also EHLO, RSET, QUIT): 5 minutes.
+    Mail,
+    /// 4.5.3.2.3 RCPT: 5 minutes.
+    Rcpt,
+    /// 4.5.3.2.4 DATA initiation: 2 minutes.
+    DataInit,
+    /// 4.5.3.2.5/6 data block and termination: 3 and 10 minutes; the
+    /// driver uses the block timer per write and this one for the final reply.
+    DataTermination,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Greeting,
+    Ehlo,
+    Helo,
+    Mail,
+    Rcpt(usize),
+    Data,
+    DataEnd,
+    Rset,
+    Quit,
+}
+
+#[derive(Debug)]
+struct Transaction {
+    envelope: Envelope,
+    body: Bytes,
+    pipelined: bool,
+    mail: Option<Reply>,
+    rcpts: Vec<Option<Reply>>,
+    data: Option<Reply>,
+}
+
+impl Transaction {
+    fn any_rcpt_accepted(&self) -> bool {
+        self.rcpts.iter().flatten().any(Reply::is_positive)
+    }
+
+    fn mail_accepted(&self) -> bool {
+        self.mail.as_ref().is_some_and(Reply::is_positive)
+    }
+
+    /// Builds the report; `fallback` stands for replies that never came.
+    fn report(self, fallback: Option<&Reply>) -> TransactionReport {
+        let default = Reply::new(
+            ReplyCode::LOCAL_ERROR,
+            None,
+            "Transaction did not complete",
+        );
+        let fallback = fallback.unwrap_or(&default);
+        let recipients = self
+            .envelope
+            .to
+            .iter()
+            .zip(self.rcpts.iter())
+            .map(|(to, rcpt)| {
+                let decisive = match (&self.mail, rcpt, &self.data) {
+                    (Some(m), _, _) if !m.is_positive() => m,
+                    (_, Some(r), _) if !r.is_positive() => r,
+                    (_, Some(_), Some(d)) => d,
+                    _ => fallback,
+                };
+                (to.clone(), RecipientOutcome::from_reply(decisive))
+            })
+            .collect();
+        TransactionReport { recipients }
+    }
+}
+
+/// One client-side SMTP session.
+///
+/// Polling order: after [`handle_input`](Self::handle_input) (or
+/// [`send`](Self::send), [`quit`](Self::quit)), drain
+/// [`poll_transmit`](Self::poll_transmit) to the link and
+/// [`poll_event`](Self::poll_event) to the application. A fatal error is
+/// sticky: [`error`](Self::error) keeps returning it.
+#[derive(Debug)]
+pub struct ClientSession {
+    config: ClientConfig,
+    parser: ReplyParser,
+    output: BytesMut,
+    events: VecDeque<ClientEvent>,
+    expect: VecDeque<Expect>,
+    capabilities: Capabilities,
+    ready: bool,
+    txn: Option<Transaction>,
+    error: Option<ClientError>,
+    closed: bool,
+}
+
+impl ClientSession {
+    /// Starts a session that waits for the server's greeting.
+    pub fn new(config: ClientConfig) -> Self {
+        Self {
+            config,
+            parser: ReplyParser::new(),
+            output: BytesMut::new(),
+            events: VecDeque::new(),
+            expect: VecDeque::from([Expect::Greeting]),
+            capabilities: Capabilities::default(),
+            ready: false,
+            txn: None,
+            error: None,
+            closed: false,
+        }
+    }
+
+    /// What the server offered (valid once [`ClientEvent::Ready`] came).
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    /// Whether a new message may be given to [`send`](Self::send).
+    pub fn is_ready(&self) -> bool {
+        self.ready && self.txn.is_none() && !self.closed
+    }
+
+    /// Whether the session is over.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// The error that ended the session, if one did.
+    pub fn error(&self) -> Option<&ClientError> {
+        self.error.as_ref()
+    }
+
+    /// Bytes to send to the server, if any.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        (!self.output.is_empty()).then(|| self.output.split().freeze())
+    }
+
+    /// The next event, if any.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    /// Which timer applies to the reply being waited for; `None` when
+    /// nothing is outstanding.
+    pub fn timeout_kind(&self) -> Option<ClientTimeout> {
+        Some(match self.expect.front()? {
+            Expect::Greeting => ClientTimeout::Greeting,
+            Expect::Rcpt(_) => ClientTimeout::Rcpt,
+            Expect::Data => ClientTimeout::DataInit,
+            Expect::DataEnd => ClientTimeout::DataTermination,
+            Expect::Ehlo | Expect::Helo | Expect::Mail | Expect::Rset | Expect::Quit => {
+                ClientTimeout::Mail
+            }
+        })
+    }
+
+    /// The driver's timer expired.
+    pub fn handle_timeout(&mut self) {
+        if let Some(kind) = self.timeout_kind() {
+            self.fail(ClientError::Timeout(kind), None);
+        }
+    }
+
+    /// The link closed under us.
+    pub fn handle_eof(&mut self) {
+        if !self.closed {
+            let eof = Reply::new(
+                ReplyCode::SERVICE_NOT_AVAILABLE,
+                None,
+                "Connection closed by server",
+            );
+            let expecting_quit = self.expect.front() == Some(&Expect::Quit);
+            if expecting_quit {
+                // A server that drops the line after QUIT without a 221 has
+                // still done what we asked.
+                self.close();
+            } else {
+                self.fail(
+                    ClientError::Refused {
+                        stage: "connection",
+                        reply: eof.clone(),
+                    },
+                    Some(&eof),
+                );
+            }
+        }
+    }
+
+    /// Queues one message. The body must use CRLF line endings; it is
+    /// dot-stuffed here. Nothing is sent when an error is returned.
+    pub fn send(&mut self, envelope: Envelope, body: &[u8]) -> Result<(), SendError> {
+        if !self.is_ready() {
+            return Err(SendError::Api(ApiMisuse::NotReady));
+        }
+        if envelope.to.is_empty() {
+            return Err(MessageError::NoRecipients.into());
+        }
+        let eight_bit = check_message(body)?;
+        let caps = &self.capabilities;
+        let mut params = MailParams::default();
+        if let Some(limit) = caps.size {
+            let size = body.len() as u64;
+            if limit > 0 && size > limit {
+                return Err(MessageError::TooBig { size, limit }.into());
+            }
+            params.size = Some(size);
+        }
+        if eight_bit {
+            if !caps.eightbitmime {
+                return Err(MessageError::EightBitNotOffered.into());
+            }
+            params.body = Some(Body::EightBitMime);
+        }
+        if !envelope.is_ascii() {
+            if !caps.smtputf8 {
+                return Err(MessageError::Utf8NotOffered.into());
+            }
+            params.smtputf8 = true;
+        }
+        let pipelined = self.config.pipelining && caps.pipelining;
+        let txn = Transaction {
+            rcpts: vec![None; envelope.to.len()],
+            envelope,
+            body: Bytes::from(dot_stuff(body)),
+            pipelined,
+            mail: None,
+            data: None,
+        };
+        self.command(
+            &Command::Mail {
+                from: txn.envelope.from.clone(),
+                params,
+            },
+            Expect::Mail,
+        );
+        if pipelined {
+            for (i, to) in txn.envelope.to.iter().enumerate() {
+                self.command(
+                    &Command::Rcpt {
+                        to: to.clone(),
+                        params: RcptParams::default(),
+                    },
+                    Expect::Rcpt(i),
+                );
+            }
+            self.command(&Command::Data, Expect::Data);
+        }
+        self.txn = Some(txn);
+        Ok(())
+    }
+
+    /// Ends the session politely with QUIT.
+    pub fn quit(&mut self) {
+        if self.closed || self.expect.contains(&Expect::Quit) {
+            return;
+        }
+        self.command(&Command::Quit, Expect::Quit);
+    }
+
+    /// Feeds bytes received from the server.
+    pub fn handle_input(&mut self, data: &[u8]) {
+        if self.closed {
+            return;
+        }
+        self.parser.push(data);
+        loop {
+            match self.parser.next_reply() {
+                Ok(Some(reply)) => self.handle_reply(reply),
+                Ok(None) => return,
+                Err(e) => return self.fail(ClientError::Protocol(e), None),
+            }
+            if self.closed {
+                return;
+            }
+        }
+    }
+
+    fn command(&mut self, command: &Command, expect: Expect) {
+        trace!(command = %command, "client command");
+        self.output.extend_from_slice(command.to_line().as_bytes());
+        self.expect.push_back(expect);
+    }
+
+    fn close(&mut self) {
+        self.closed = true;
+        self.ready = false;
+        self.expect.clear();
+        self.events.push_back(ClientEvent::Closed);
+    }
+
+    fn fail(&mut self, error: ClientError, reply: Option<&Reply>) {
+        debug!(%error, "client session failed");
+        if let Some(txn) = self.txn.take() {
+            self.events
+                .push_back(ClientEvent::Sent(txn.report(reply)));
+        }
+        self.error.get_or_insert(error);
+        self.close();
+    }
+
+    fn handle_reply(&mut self, reply: Reply) {
+        trace!(reply = %reply, "client got reply");
+        let Some(expect) = self.expect.pop_front() else {
+            return self.fail(ClientError::Unexpected(reply), None);
+        };
+        if reply.code() == ReplyCode::SERVICE_NOT_AVAILABLE && expect != Expect::Quit {
+            // 421 at any point: the server is closing the channel.
+            return self.fail(
+                ClientError::Refused {
+                    stage: "session",
+                    reply: reply.clone(),
+                },
+                Some(&reply),
+            );
+        }
+        match expect {
+            Expect::Greeting => {
+                if reply.code() != ReplyCode::SERVICE_READY {
+                    return self.fail(
+                        ClientError::Refused {
+                            stage: "greeting",
+                            reply,
+                        },
+                        None,
+                    );
+                }
+                let name = self.config.hello_name.clone();
+                self.command(&Command::Ehlo(name), Expect::Ehlo);
+            }
+            Expect::Ehlo => {
+                if reply.is_positive() {
+                    self.capabilities = Capabilities::from_ehlo(&reply);
+                    self.parser
+                        .set_parse_enhanced(self.capabilities.enhanced_status_codes);
+                    self.become_ready();
+                } else if reply.is_permanent() {
+                    // RFC 5321 3.2: a server that does not know EHLO gets HELO.
+                    let name = self.config.hello_name.clone();
+                    self.command(&Command::Helo(name), Expect::Helo);
+                } else {
+                    self.fail(ClientError::Refused { stage: "EHLO", reply }, None);
+                }
+            }
+            Expect::Helo => {
+                if reply.is_positive() {
+                    self.capabilities = Capabilities::default();
+                    self.become_ready();
+                } else {
+                    self.fail(ClientError::Refused { stage: "HELO", reply }, None);
+                }
+            }
+            Expect::Mail => self.on_mail(reply),
+            Expect::Rcpt(i) => self.on_rcpt(i, reply),
+            Expect::Data => self.on_data(reply),
+            Expect::DataEnd => {
+                if let Some(txn) = &mut self.txn {
+                    // After an empty DATA (every RCPT refused) the reply
+                    // changes nothing: outcomes come from the RCPT replies.
+                    if txn.any_rcpt_accepted() && txn.mail_accepted() {
+                        txn.data = Some(reply);
+                    }
+                }
+                self.finish_transaction();
+            }
+            Expect::Rset => self.finish_transaction(),
+            Expect::Quit => self.close(),
+        }
+    }
+
+    fn become_ready(&mut self) {
+        self.ready = true;
+        self.events
+            .push_back(ClientEvent::Ready(self.capabilities.clone()));
+    }
+
+    fn on_mail(&mut self, reply: Reply) {
+        let Some(txn) = &mut self.txn else { return };
+        let ok = reply.is_positive();
+        txn.mail = Some(reply);
+        if txn.pipelined {
+            return;
+        }
+        if ok {
+            let to = txn.envelope.to[0].clone();
+            self.command(
+                &Command::Rcpt {
+                    to,
+                    params: RcptParams::default(),
+                },
+                Expect::Rcpt(0),
+            );
+        } else {
+            self.finish_transaction();
+        }
+    }
+
+    fn on_rcpt(&mut self, i: usize, reply: Reply) {
+        let Some(txn) = &mut self.txn else { return };
+        if let Some(slot) = txn.rcpts.get_mut(i) {
+            *slot = Some(reply);
+        }
+        if txn.pipelined {
+            return;
+        }
+        if let Some(to) = txn.envelope.to.get(i + 1).cloned() {
+            self.command(
+                &Command::Rcpt {
+                    to,
+                    params: RcptParams::default(),
+                },
+                Expect::Rcpt(i + 1),
+            );
+        } else if txn.any_rcpt_accepted() {
+            self.command(&Command::Data, Expect::Data);
+        } else {
+            self.command(&Command::Rset, Expect::Rset);
+        }
+    }
+
+    fn on_data(&mut self, reply: Reply) {
+        let Some(txn) = &mut self.txn else { return };
+        if reply.code() == ReplyCode::START_MAIL_INPUT {
+            if txn.any_rcpt_accepted() && txn.mail_accepted() {
+                let body = txn.body.clone();
+                self.output.extend_from_slice(&body);
+            } else {
+                // RFC 2920 3.1: every RCPT failed but DATA got 354 anyway;
+                // send an empty message so no content is delivered.
+                self.output.extend_from_slice(b".\r\n");
+            }
+            self.expect.push_back(Expect::DataEnd);
+            return;
+        }
+        if txn.any_rcpt_accepted() {
+            txn.data = Some(reply);
+        }
+        if txn.mail_accepted() {
+            self.command(&Command::Rset, Expect::Rset);
+        } else {
+            self.finish_transaction();
+        }
+    }
+
+    fn finish_transaction(&mut self) {
+        if let Some(txn) = self.txn.take() {
+            self.events.push_back(ClientEvent::Sent(txn.report(None)));
+        }
+    }
+}
+
+/// Why [`ClientSession::send`] refused a message.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The message or envelope cannot be sent as it is.
+    #[error(transparent)]
+    Message(#[from] MessageError),
+    /// The session is not ready for a message.
+    #[error(transparent)]
+    Api(#[from] ApiMisuse),
+}

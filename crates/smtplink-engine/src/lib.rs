@@ -1,0 +1,42 @@
+//! The smtplink SMTP engine: SMTP as a pure function of bytes in and bytes
+//! out, with no I/O, no async runtime and no clock of its own.
+//!
+//! It holds the wire grammar ([`Command`], [`Reply`], [`address`] paths and
+//! [`params`]), the DATA codec ([`data`]), and two state machines,
+//! [`ServerSession`] and [`ClientSession`]. A driver (see `smtplink-driver`)
+//! moves bytes between a link and a session; everything SMTP decides
+//! happens here, so every rule can be tested with byte strings and every
+//! session replayed from a transcript.
+//!
+//! # Contract
+//!
+//! - Inputs: `handle_input(&[u8])` with whatever arrived (any split of the
+//!   stream gives the same result), `handle_timeout()` when the timer the
+//!   session named with `timeout_kind()` expired, and the application's
+//!   decisions (`accept`/`reject` on the server, `send`/`quit` on the client).
+//! - Outputs: `poll_event()` until `None`, then `poll_transmit()` until
+//!   `None`; send the bytes in order. When `is_closed()`, flush and close.
+//! - A bad command from the peer earns an SMTP reply, never a Rust error.
+//!   Errors are reserved for API misuse and for a peer that is not speaking
+//!   SMTP at all; those end the session and stay set.
+
+pub mod address;
+pub mod client;
+pub mod command;
+pub mod data;
+pub mod error;
+pub mod params;
+pub mod reply;
+pub mod server;
+
+pub use address::{Domain, ForwardPath, Mailbox, ReversePath};
+pub use client::{
+    Capabilities, ClientConfig, ClientError, ClientEvent, ClientSession, ClientTimeout, Envelope,
+    RecipientOutcome, SendError, TransactionReport,
+};
+pub use command::{Command, CommandError, ParseOptions};
+pub use data::{BareLineEndingPolicy, DataFault};
+pub use error::{AddressError, ApiMisuse, MessageError, ReplyError};
+pub use params::{Body, MailParams, RcptParams};
+pub use reply::{EnhancedCode, Reply, ReplyCode, ReplyParser, Severity};
+pub use server::{CloseReason, ServerConfig, ServerEvent, ServerSession, ServerTimeout};

@@ -1,0 +1,727 @@
+//! The server side of an SMTP session, as a sans-IO state machine.
+//!
+//! ```text
+//!            greeting (220 queued at creation)
+//!                 |
+//!                 v
+//!   +------> [ no HELO ] --EHLO/HELO--> [ greeted ] <------------------+
+//!   |                                     |   ^                        |
+//!   |                           MAIL ok   |   | RSET, EHLO/HELO        | 250/4xx/5xx
+//!   |                                     v   |                        | to end of data
+//!   |                                [ in transaction ] --DATA 354--> [ data ]
+//!   |
+//!   +-- any state: QUIT, too many errors, timeout --> [ closed ]
+//! ```
+//!
+//! Decisions the application owns (accept this sender? this recipient? is
+//! the message stored?) are [`ServerEvent`]s that pause the session until
+//! [`ServerSession::accept`] or [`ServerSession::reject`] answers them.
+//! Replies to pipelined commands come out in order because the session
+//! handles one command at a time and keeps unread input buffered.
+
+use std::collections::VecDeque;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tracing::{debug, trace};
+
+use crate::address::{ForwardPath, ReversePath};
+use crate::command::{Command, ParseOptions};
+use crate::data::{
+    find_line_end, BareLineEndingPolicy, DataDecoder, DataFault, DataLimits, DataProgress,
+    LineEnding,
+};
+use crate::error::ApiMisuse;
+use crate::params::{Body, MailParams, RcptParams};
+use crate::reply::{EnhancedCode, Reply, ReplyCode};
+
+/// Settings of a server session. Every limit has a default from the RFCs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Our host name, used in the greeting and in replies.
+    pub hostname: String,
+    /// Longest command line in octets, CRLF included. RFC 5321 4.5.3.1.4
+    /// sets 512. MAIL and RCPT may be up to [`PARAMETER_ALLOWANCE`] longer
+    /// because ESMTP parameters extend them (RFC 1870 section 3 and others).
+    pub max_command_line: usize,
+    /// Longest text line of a message, CRLF included (RFC 5321 4.5.3.1.6: 1000).
+    pub max_text_line: usize,
+    /// Largest message in octets, advertised with SIZE (RFC 1870).
+    pub max_message_size: u64,
+    /// Most recipients per message. RFC 5321 4.5.3.1.8 requires at least 100.
+    pub max_recipients: usize,
+    /// Protocol errors (unknown commands, bad syntax, bad sequence, long
+    /// lines) tolerated before the server answers 421 and hangs up.
+    pub max_errors: usize,
+    /// What to do with a bare CR or LF in commands and in message data.
+    pub bare_line_endings: BareLineEndingPolicy,
+    /// Offer SMTPUTF8 (RFC 6531).
+    pub smtputf8: bool,
+    /// Offer 8BITMIME (RFC 6152).
+    pub eightbitmime: bool,
+    /// Offer PIPELINING (RFC 2920).
+    pub pipelining: bool,
+}
+
+/// Extra octets allowed on MAIL and RCPT lines for ESMTP parameters.
+pub const PARAMETER_ALLOWANCE: usize = 512;
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            hostname: "localhost".into(),
+            max_command_line: 512,
+            max_text_line: 1000,
+            max_message_size: 25 * 1024 * 1024,
+            max_recipients: 100,
+            max_errors: 10,
+            bare_line_endings: BareLineEndingPolicy::Normalize,
+            smtputf8: true,
+            eightbitmime: true,
+            pipelining: true,
+        }
+    }
+}
+
+/// What the server tells the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerEvent {
+    /// The client said EHLO (`esmtp`) or HELO. Any transaction was reset.
+    Greeted {
+        /// The name the client gave.
+        name: String,
+        /// EHLO rather than HELO.
+        esmtp: bool,
+    },
+    /// MAIL FROM. **Decision**: answer with accept or reject.
+    MailFrom {
+        /// The reverse path.
+        from: ReversePath,
+        /// Its parameters.
+        params: MailParams,
+    },
+    /// RCPT TO. **Decision**: answer with accept or reject.
+    RcptTo {
+        /// The forward path.
+        to: ForwardPath,
+        /// Its parameters.
+        params: RcptParams,
+    },
+    /// DATA was accepted (354 sent); [`ServerEvent::DataChunk`]s follow.
+    DataStart,
+    /// Message bytes: un-stuffed, CRLF line endings.
+    DataChunk(Bytes),
+    /// The whole message has arrived. **Decision**: accept only once the
+    /// message is stored durably; reject (4xx/5xx) otherwise.
+    DataEnd {
+        /// Message size in octets.
+        size: u64,
+    },
+    /// The message broke a limit; drop what was received. The session
+    /// reads on to the end of data and replies itself. No decision.
+    DataAborted {
+        /// Which limit.
+        fault: DataFault,
+    },
+    /// The transaction was abandoned (RSET, or EHLO/HELO mid-transaction).
+    TransactionReset,
+    /// The session is over; flush the remaining output and close the link.
+    /// A message whose [`ServerEvent::DataEnd`] has not come is incomplete
+    /// and must be dropped.
+    Closed {
+        /// Why.
+        reason: CloseReason,
+    },
+}
+
+/// Why a server session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client said QUIT.
+    Quit,
+    /// The client made more than `max_errors` protocol errors.
+    TooManyErrors,
+    /// The driver reported a timeout.
+    Timeout,
+    /// The application asked to close (e.g. shutting down).
+    Shutdown,
+}
+
+/// Which RFC 5321 4.5.3.2 timer the driver should run while waiting for input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerTimeout {
+    /// Waiting for a command (4.5.3.2.7: at least 5 minutes).
+    Command,
+    /// Receiving message data.
+    Data,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    Mail,
+    Rcpt,
+    DataEnd,
+}
+
+#[derive(Debug)]
+struct Transaction {
+    params: MailParams,
+    recipients: Vec<ForwardPath>,
+    rcpt_attempted: bool,
+    pending_rcpt: Option<ForwardPath>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Phase {
+    Command,
+    Data,
+    Closed,
+}
+
+/// One server-side SMTP session.
+///
+/// Polling order, after every [`handle_input`](Self::handle_input) or
+/// decision: drain [`poll_event`](Self::poll_event) (answering decisions as
+/// they come), then send everything [`poll_transmit`](Self::poll_transmit)
+/// returns. When [`is_closed`](Self::is_closed) is true after the transmit is
+/// flushed, close the link.
+#[derive(Debug)]
+pub struct ServerSession {
+    config: ServerConfig,
+    input: BytesMut,
+    output: BytesMut,
+    events: VecDeque<ServerEvent>,
+    phase: Phase,
+    helo: Option<(String, bool)>,
+    txn: Option<Transaction>,
+    pending: Option<Pending>,
+    decoder: Option<DataDecoder>,
+    data_out: BytesMut,
+    errors: usize,
+    discarding_long_line: bool,
+}
+
+impl ServerSession {
+    /// Starts a session; the 220 greeting is queued for transmission.
+    pub fn new(config: ServerConfig) -> Self {
+        let greeting = Reply::new(
+            ReplyCode::SERVICE_READY,
+            None,
+            format!("{} ESMTP smtplink ready", config.hostname),
+        );
+        let mut s = Self {
+            config,
+            input: BytesMut::new(),
+            output: BytesMut::new(),
+            events: VecDeque::new(),
+            phase: Phase::Command,
+            helo: None,
+            txn: None,
+            pending: None,
+            decoder: None,
+            data_out: BytesMut::new(),
+            errors: 0,
+            discarding_long_line: false,
+        };
+        s.send(&greeting);
+        s
+    }
+
+    /// The session's settings.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// Feeds bytes received from the client.
+    pub fn handle_input(&mut self, data: &[u8]) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.input.extend_from_slice(data);
+        self.process();
+    }
+
+    /// The driver's timer for [`timeout_kind`](Self::timeout_kind) expired:
+    /// answer 421 (RFC 5321 4.5.3.2) and close.
+    pub fn handle_timeout(&mut self) {
+        if self.phase != Phase::Closed {
+            self.close_with(
+                Reply::new(
+                    ReplyCode::SERVICE_NOT_AVAILABLE,
+                    EnhancedCode::new(4, 4, 2),
+                    format!("{} Timeout, closing connection", self.config.hostname),
+                ),
+                CloseReason::Timeout,
+            );
+        }
+    }
+
+    /// The application is shutting down: answer 421 and close.
+    pub fn shutdown(&mut self) {
+        if self.phase != Phase::Closed {
+            self.close_with(
+                Reply::new(
+                    ReplyCode::SERVICE_NOT_AVAILABLE,
+                    EnhancedCode::new(4, 3, 2),
+                    format!("{} Service shutting down", self.config.hostname),
+                ),
+                CloseReason::Shutdown,
+            );
+        }
+    }
+
+    /// Bytes to send to the client, if any.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        (!self.output.is_empty()).then(|| self.output.split().freeze())
+    }
+
+    /// The next event for the application, if any.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    /// Which timer applies while waiting for more input.
+    pub fn timeout_kind(&self) -> ServerTimeout {
+        if self.phase == Phase::Data {
+            ServerTimeout::Data
+        } else {
+            ServerTimeout::Command
+        }
+    }
+
+    /// Whether a decision event awaits an answer.
+    pub fn wants_decision(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Whether the session has ended.
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// Whether the session is inside DATA (a cut link now loses the message).
+    pub fn is_receiving_data(&self) -> bool {
+        self.phase == Phase::Data
+    }
+
+    /// Accepts the pending decision with the standard reply.
+    pub fn accept(&mut self) -> Result<(), ApiMisuse> {
+        let text = match self.pending {
+            Some(Pending::Mail) => "Sender OK",
+            Some(Pending::Rcpt) => "Recipient OK",
+            Some(Pending::DataEnd) => "Message accepted for delivery",
+            None => return Err(ApiMisuse::NoDecisionPending),
+        };
+        self.accept_with(text)
+    }
+
+    /// Accepts the pending decision with a reply text of the application's
+    /// (e.g. `"queued as 1A2B"`).
+    pub fn accept_with(&mut self, text: &str) -> Result<(), ApiMisuse> {
+        let pending = self.pending.take().ok_or(ApiMisuse::NoDecisionPending)?;
+        let enhanced = match pending {
+            Pending::Mail => EnhancedCode::new(2, 1, 0),
+            Pending::Rcpt => EnhancedCode::new(2, 1, 5),
+            Pending::DataEnd => EnhancedCode::new(2, 0, 0),
+        };
+        self.send(&Reply::new(ReplyCode::OK, enhanced, text));
+        match pending {
+            Pending::Mail => {}
+            Pending::Rcpt => {
+                if let Some(txn) = &mut self.txn {
+                    if let Some(to) = txn.pending_rcpt.take() {
+                        txn.recipients.push(to);
+                    }
+                }
+            }
+            Pending::DataEnd => self.txn = None,
+        }
+        self.process();
+        Ok(())
+    }
+
+    /// Rejects the pending decision; `reply` must be 4xx or 5xx.
+    pub fn reject(&mut self, reply: Reply) -> Result<(), ApiMisuse> {
+        if self.pending.is_none() {
+            return Err(ApiMisuse::NoDecisionPending);
+        }
+        if !(reply.is_transient() || reply.is_permanent()) {
+            return Err(ApiMisuse::IllegalReply {
+                code: reply.code().get(),
+            });
+        }
+        match self.pending.take() {
+            Some(Pending::Mail) | Some(Pending::DataEnd) => self.txn = None,
+            Some(Pending::Rcpt) => {
+                if let Some(txn) = &mut self.txn {
+                    txn.pending_rcpt = None;
+                }
+            }
+            None => {}
+        }
+        let closes = reply.code() == ReplyCode::SERVICE_NOT_AVAILABLE;
+        self.send(&reply);
+        if closes {
+            // RFC 5321 3.8: a 421 means the server is closing the channel.
+            self.phase = Phase::Closed;
+            self.events.push_back(ServerEvent::Closed {
+                reason: CloseReason::Shutdown,
+            });
+            return Ok(());
+        }
+        self.process();
+        Ok(())
+    }
+
+    fn send(&mut self, reply: &Reply) {
+        trace!(reply = %reply, "server reply");
+        let mut buf = Vec::new();
+        reply.write_to(&mut buf);
+        self.output.extend_from_slice(&buf);
+    }
+
+    fn reply(&mut self, code: ReplyCode, enhanced: (u8, u16, u16), text: &str) {
+        let (c, s, d) = enhanced;
+        self.send(&Reply::new(code, EnhancedCode::new(c, s, d), text));
+    }
+
+    fn close_with(&mut self, reply: Reply, reason: CloseReason) {
+        self.send(&reply);
+        self.phase = Phase::Closed;
+        self.decoder = None;
+        self.pending = None;
+        self.input.clear();
+        self.events.push_back(ServerEvent::Closed { reason });
+    }
+
+    /// Counts a protocol error; hangs up when the budget is spent.
+    fn protocol_error(&mut self, reply: Reply) {
+        self.send(&reply);
+        self.errors += 1;
+        if self.errors >= self.config.max_errors {
+            debug!(errors = self.errors, "too many protocol errors");
+            self.close_with(
+                Reply::new(
+                    ReplyCode::SERVICE_NOT_AVAILABLE,
+                    EnhancedCode::new(4, 7, 0),
+                    format!("{} Too many errors, closing connection", self.config.hostname),
+                ),
+                CloseReason::TooManyErrors,
+            );
+        }
+    }
+
+    fn sequence_error(&mut self, text: &str) {
+        self.protocol_error(Reply::new(
+            ReplyCode::BAD_SEQUENCE,
+            EnhancedCode::new(5, 5, 1),
+            text,
+        ));
+    }
+
+    /// Works through buffered input until it runs out, a decision is
+    /// pending, or the session closes.
+    fn process(&mut self) {
+        while self.pending.is_none() {
+            match self.phase {
+                Phase::Closed => return,
+                Phase::Data => {
+                    if !self.process_data() {
+                        return;
+                    }
+                }
+                Phase::Command => {
+                    let Some(line) = self.next_command_line() else {
+                        return;
+                    };
+                    match line {
+                        CommandLine::Ok(line) => self.handle_command_line(&line),
+                        CommandLine::TooLong => self.protocol_error(Reply::new(
+                            ReplyCode::SYNTAX_ERROR,
+                            EnhancedCode::new(5, 5, 2),
+                            "Line too long",
+                        )),
+                        CommandLine::BareEnding => self.protocol_error(Reply::new(
+                            ReplyCode::SYNTAX_ERROR,
+                            EnhancedCode::new(5, 5, 2),
+                            "Bare CR or LF not allowed; end lines with CRLF",
+                        )),
+                    }
+                }
+            }
+        }
+    }
+
+    fn next_command_line(&mut self) -> Option<CommandLine> {
+        let limit = self.config.max_command_line + PARAMETER_ALLOWANCE;
+        loop {
+            let Some((len, ending, ending_len)) = find_line_end(&self.input) else {
+                if self.input.len() > limit {
+                    // Throw the overlong line away as it arrives, but keep a
+                    // trailing CR that may start the CRLF that ends it.
+                    let keep = usize::from(self.input.last() == Some(&b'\r'));
+                    let drop = self.input.len() - keep;
+                    self.input.advance(drop);
+                    self.discarding_long_line = true;
+                }
+                return None;
+            };
+            let line = self.input.split_to(len + ending_len);
+            if std::mem::take(&mut self.discarding_long_line) {
+                return Some(CommandLine::TooLong);
+            }
+            if ending != LineEnding::Crlf
+                && self.config.bare_line_endings == BareLineEndingPolicy::Reject
+            {
+                return Some(CommandLine::BareEnding);
+            }
+            let content = line.freeze().slice(..len);
+            let is_mail_or_rcpt = content.len() >= 4
+                && (content[..4].eq_ignore_ascii_case(b"MAIL")
+                    || content[..4].eq_ignore_ascii_case(b"RCPT"));
+            let own_limit = if is_mail_or_rcpt {
+                limit
+            } else {
+                self.config.max_command_line
+            };
+            if len + 2 > own_limit {
+                return Some(CommandLine::TooLong);
+            }
+            return Some(CommandLine::Ok(content));
+        }
+    }
+
+    fn parse_options(&self) -> ParseOptions {
+        let esmtp = self.helo.as_ref().is_some_and(|(_, e)| *e);
+        ParseOptions {
+            esmtp,
+            size: esmtp,
+            eightbitmime: esmtp && self.config.eightbitmime,
+            smtputf8: esmtp && self.config.smtputf8,
+            utf8_transaction: self.txn.as_ref().is_some_and(|t| t.params.smtputf8),
+        }
+    }
+
+    fn handle_command_line(&mut self, line: &[u8]) {
+        let command = match Command::parse(line, &self.parse_options()) {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(error = ?e, "bad command");
+                self.protocol_error(e.reply());
+                return;
+            }
+        };
+        trace!(command = command.verb(), "server command");
+        match command {
+            Command::Ehlo(name) => self.hello(name, true),
+            Command::Helo(name) => self.hello(name, false),
+            Command::Mail { from, params } => self.mail(from, params),
+            Command::Rcpt { to, params } => self.rcpt(to, params),
+            Command::Data => self.data(),
+            Command::Rset => {
+                self.reset_transaction();
+                self.reply(ReplyCode::OK, (2, 0, 0), "OK");
+            }
+            Command::Noop => self.reply(ReplyCode::OK, (2, 0, 0), "OK"),
+            Command::Quit => {
+                let text = format!("{} closing connection", self.config.hostname);
+                self.close_with(
+                    Reply::new(ReplyCode::CLOSING, EnhancedCode::new(2, 0, 0), text),
+                    CloseReason::Quit,
+                );
+            }
+            Command::Vrfy(_) => self.reply(
+                ReplyCode::CANNOT_VRFY,
+                (2, 0, 0),
+                "Cannot VRFY user, but will accept message and attempt delivery",
+            ),
+            Command::Expn(_) => self.reply(
+                ReplyCode::NOT_IMPLEMENTED,
+                (5, 5, 1),
+                "EXPN not available",
+            ),
+            Command::Help(_) => self.reply(
+                ReplyCode::HELP,
+                (2, 0, 0),
+                "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
+            ),
+        }
+    }
+
+    fn reset_transaction(&mut self) {
+        if self.txn.take().is_some() {
+            self.events.push_back(ServerEvent::TransactionReset);
+        }
+    }
+
+    fn hello(&mut self, name: String, esmtp: bool) {
+        // RFC 5321 4.1.4: EHLO/HELO mid-transaction resets it.
+        self.reset_transaction();
+        self.helo = Some((name.clone(), esmtp));
+        let host = self.config.hostname.clone();
+        let first = format!("{host} greets {name}");
+        if esmtp {
+            let mut lines = vec![first];
+            if self.config.pipelining {
+                lines.push("PIPELINING".into());
+            }
+            lines.push(format!("SIZE {}", self.config.max_message_size));
+            if self.config.eightbitmime {
+                lines.push("8BITMIME".into());
+            }
+            if self.config.smtputf8 {
+                lines.push("SMTPUTF8".into());
+            }
+            lines.push("ENHANCEDSTATUSCODES".into());
+            self.send(&Reply::multiline(ReplyCode::OK, None, lines));
+        } else {
+            self.send(&Reply::new(ReplyCode::OK, None, first));
+        }
+        self.events.push_back(ServerEvent::Greeted { name, esmtp });
+    }
+
+    fn mail(&mut self, from: ReversePath, params: MailParams) {
+        if self.helo.is_none() {
+            return self.sequence_error("Send EHLO or HELO first");
+        }
+        if self.txn.is_some() {
+            return self.sequence_error("Nested MAIL command");
+        }
+        if params
+            .size
+            .is_some_and(|size| size > self.config.max_message_size)
+        {
+            // RFC 1870 section 6.1: a declared size over the limit is 552.
+            return self.reply(
+                ReplyCode::EXCEEDED_STORAGE,
+                (5, 3, 4),
+                "Message size exceeds fixed maximum message size",
+            );
+        }
+        if params.body == Some(Body::EightBitMime) && !self.config.eightbitmime {
+            return self.reply(
+                ReplyCode::PARAMETERS_NOT_RECOGNIZED,
+                (5, 5, 4),
+                "8BITMIME not offered",
+            );
+        }
+        self.txn = Some(Transaction {
+            params: params.clone(),
+            recipients: Vec::new(),
+            rcpt_attempted: false,
+            pending_rcpt: None,
+        });
+        self.pending = Some(Pending::Mail);
+        self.events
+            .push_back(ServerEvent::MailFrom { from, params });
+    }
+
+    fn rcpt(&mut self, to: ForwardPath, params: RcptParams) {
+        let max = self.config.max_recipients;
+        let Some(txn) = &mut self.txn else {
+            return self.sequence_error("Need MAIL before RCPT");
+        };
+        txn.rcpt_attempted = true;
+        if txn.recipients.len() >= max {
+            // RFC 5321 4.5.3.1.10: 452 tells the client to send the rest later.
+            return self.reply(
+                ReplyCode::INSUFFICIENT_STORAGE,
+                (4, 5, 3),
+                "Too many recipients",
+            );
+        }
+        txn.pending_rcpt = Some(to.clone());
+        self.pending = Some(Pending::Rcpt);
+        self.events.push_back(ServerEvent::RcptTo { to, params });
+    }
+
+    fn data(&mut self) {
+        let Some(txn) = &self.txn else {
+            return self.sequence_error("Need MAIL before DATA");
+        };
+        if txn.recipients.is_empty() {
+            if txn.rcpt_attempted {
+                // RFC 2920 3.1: DATA after all RCPTs failed gets 554.
+                return self.reply(
+                    ReplyCode::TRANSACTION_FAILED,
+                    (5, 5, 1),
+                    "No valid recipients",
+                );
+            }
+            return self.sequence_error("Need RCPT before DATA");
+        }
+        self.send(&Reply::new(
+            ReplyCode::START_MAIL_INPUT,
+            None,
+            "End data with <CR><LF>.<CR><LF>",
+        ));
+        self.phase = Phase::Data;
+        self.decoder = Some(DataDecoder::new(DataLimits {
+            max_line: self.config.max_text_line,
+            max_size: self.config.max_message_size,
+            bare_line_endings: self.config.bare_line_endings,
+        }));
+        self.events.push_back(ServerEvent::DataStart);
+    }
+
+    /// Returns false when more input is needed.
+    fn process_data(&mut self) -> bool {
+        let Some(decoder) = &mut self.decoder else {
+            self.phase = Phase::Command;
+            return true;
+        };
+        let had_fault = decoder.fault().is_some();
+        let progress = decoder.decode(&mut self.input, &mut self.data_out);
+        let fault = decoder.fault();
+        let size = decoder.size();
+        if !self.data_out.is_empty() {
+            let chunk = self.data_out.split().freeze();
+            self.events.push_back(ServerEvent::DataChunk(chunk));
+        }
+        if let (false, Some(fault)) = (had_fault, fault) {
+            self.events.push_back(ServerEvent::DataAborted { fault });
+        }
+        if progress == DataProgress::NeedMore {
+            return false;
+        }
+        self.decoder = None;
+        self.phase = Phase::Command;
+        match fault {
+            None => {
+                self.pending = Some(Pending::DataEnd);
+                self.events.push_back(ServerEvent::DataEnd { size });
+            }
+            Some(fault) => {
+                self.txn = None;
+                match fault {
+                    DataFault::TooBig => self.reply(
+                        ReplyCode::EXCEEDED_STORAGE,
+                        (5, 3, 4),
+                        "Message size exceeds fixed maximum message size",
+                    ),
+                    DataFault::LineTooLong => self.reply(
+                        ReplyCode::TRANSACTION_FAILED,
+                        (5, 6, 0),
+                        &format!(
+                            "Message has a line longer than {} octets",
+                            self.config.max_text_line
+                        ),
+                    ),
+                    DataFault::BareLineEnding => self.reply(
+                        ReplyCode::TRANSACTION_FAILED,
+                        (5, 6, 0),
+                        "Message has a bare CR or LF; lines must end with CRLF",
+                    ),
+                }
+            }
+        }
+        true
+    }
+}
+
+enum CommandLine {
+    Ok(Bytes),
+    TooLong,
+    BareEnding,
+}
