@@ -215,7 +215,8 @@ fn local_part_end(input: &str, utf8: bool) -> Result<usize, AddressError> {
         }
         return Err(AddressError::BadLocalPart);
     }
-    let end = input.rfind('@').ok_or(AddressError::MissingAt)?;
+    // The first "@": atext has none (a later one may be in an address literal).
+    let end = input.find('@').ok_or(AddressError::MissingAt)?;
     let dot_string = &input[..end];
     // Dot-string = Atom *("." Atom), Atom = 1*atext.
     for atom in dot_string.split('.') {
@@ -356,7 +357,9 @@ mod tests {
         assert_eq!(m.local_part(), "John.Smith");
         assert_eq!(m.domain(), &Domain::Name("example.com".into()));
         assert!(mbox("a!#$%&'*+-/=?^_`{|}~z@x.org").is_ok());
-        for bad in [".a@x", "a.@x", "a..b@x", "a b@x", "a(b)@x", "@x", "a@", "ax"] {
+        for bad in [
+            ".a@x", "a.@x", "a..b@x", "a b@x", "a(b)@x", "@x", "a@", "ax",
+        ] {
             assert!(mbox(bad).is_err(), "{bad} should be refused");
         }
     }
@@ -383,14 +386,23 @@ mod tests {
             &Domain::Ipv6("2001:db8::1".parse().unwrap())
         );
         assert_eq!(
-            mbox("a@[IPv6:::ffff:192.0.2.1]").unwrap().domain().to_string(),
+            mbox("a@[IPv6:::ffff:192.0.2.1]")
+                .unwrap()
+                .domain()
+                .to_string(),
             "[IPv6:::ffff:192.0.2.1]"
         );
         assert!(matches!(
             mbox("a@[x-tag:stuff]").unwrap().domain(),
             Domain::General { .. }
         ));
-        for bad in ["a@[256.1.1.1]", "a@[1.2.3]", "a@[IPv6:zz::1]", "a@[1.2.3.4", "a@[]"] {
+        for bad in [
+            "a@[256.1.1.1]",
+            "a@[1.2.3]",
+            "a@[IPv6:zz::1]",
+            "a@[1.2.3.4",
+            "a@[]",
+        ] {
             assert!(mbox(bad).is_err(), "{bad}");
         }
     }

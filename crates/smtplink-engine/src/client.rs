@@ -78,7 +78,9 @@ impl Capabilities {
         for line in reply.lines().iter().skip(1) {
             let mut words = line.split_ascii_whitespace();
             // smtp-sink ends its reply with an empty "250 " line: skip it.
-            let Some(keyword) = words.next() else { continue };
+            let Some(keyword) = words.next() else {
+                continue;
+            };
             let keyword = keyword.to_ascii_uppercase();
             match keyword.as_str() {
                 "PIPELINING" => caps.pipelining = true,
@@ -324,11 +326,7 @@ impl Transaction {
 
     /// Builds the report; `fallback` stands for replies that never came.
     fn report(self, fallback: Option<&Reply>) -> TransactionReport {
-        let default = Reply::new(
-            ReplyCode::LOCAL_ERROR,
-            None,
-            "Transaction did not complete",
-        );
+        let default = Reply::new(ReplyCode::LOCAL_ERROR, None, "Transaction did not complete");
         let fallback = fallback.unwrap_or(&default);
         let recipients = self
             .envelope
@@ -478,7 +476,11 @@ impl ClientSession {
         let caps = &self.capabilities;
         let mut params = MailParams::default();
         if let Some(limit) = caps.size {
-            let size = body.len() as u64;
+            // RFC 1870 section 5: the size of the message as transmitted,
+            // CRLFs included, so the CRLF that `dot_stuff` adds to a body
+            // that lacks one counts (RFC 5321 4.1.1.4).
+            let added_crlf = !body.is_empty() && !body.ends_with(b"\r\n");
+            let size = body.len() as u64 + if added_crlf { 2 } else { 0 };
             if limit > 0 && size > limit {
                 return Err(MessageError::TooBig { size, limit }.into());
             }
@@ -570,8 +572,7 @@ impl ClientSession {
     fn fail(&mut self, error: ClientError, reply: Option<&Reply>) {
         debug!(%error, "client session failed");
         if let Some(txn) = self.txn.take() {
-            self.events
-                .push_back(ClientEvent::Sent(txn.report(reply)));
+            self.events.push_back(ClientEvent::Sent(txn.report(reply)));
         }
         self.error.get_or_insert(error);
         self.close();
@@ -617,7 +618,13 @@ impl ClientSession {
                     let name = self.config.hello_name.clone();
                     self.command(&Command::Helo(name), Expect::Helo);
                 } else {
-                    self.fail(ClientError::Refused { stage: "EHLO", reply }, None);
+                    self.fail(
+                        ClientError::Refused {
+                            stage: "EHLO",
+                            reply,
+                        },
+                        None,
+                    );
                 }
             }
             Expect::Helo => {
@@ -625,7 +632,13 @@ impl ClientSession {
                     self.capabilities = Capabilities::default();
                     self.become_ready();
                 } else {
-                    self.fail(ClientError::Refused { stage: "HELO", reply }, None);
+                    self.fail(
+                        ClientError::Refused {
+                            stage: "HELO",
+                            reply,
+                        },
+                        None,
+                    );
                 }
             }
             Expect::Mail => self.on_mail(reply),

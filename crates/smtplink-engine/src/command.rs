@@ -88,14 +88,10 @@ impl CommandError {
     pub fn reply(&self) -> Reply {
         let e = EnhancedCode::new;
         match self {
-            CommandError::Unrecognized => Reply::new(
-                ReplyCode::SYNTAX_ERROR,
-                e(5, 5, 2),
-                "Command unrecognized",
-            ),
-            CommandError::Syntax(why) => {
-                Reply::new(ReplyCode::PARAMETER_SYNTAX, e(5, 5, 4), *why)
+            CommandError::Unrecognized => {
+                Reply::new(ReplyCode::SYNTAX_ERROR, e(5, 5, 2), "Command unrecognized")
             }
+            CommandError::Syntax(why) => Reply::new(ReplyCode::PARAMETER_SYNTAX, e(5, 5, 4), *why),
             CommandError::BadSender(why) => Reply::new(
                 ReplyCode::PARAMETER_SYNTAX,
                 e(5, 1, 7),
@@ -250,17 +246,21 @@ fn strip_keyword<'a>(rest: &'a str, keyword: &str) -> Option<&'a str> {
         .then(|| rest[keyword.len()..].trim_start_matches(' '))
 }
 
-/// Splits `<path> params` where the path may hold a quoted `>`.
+/// Splits `<path> params` where the path may hold a `>` or `"` inside a
+/// quoted local part or inside an address literal (RFC 5321 4.1.3:
+/// General-address-literal `dcontent` includes both).
 fn split_path(input: &str) -> Option<(&str, &str)> {
     if !input.starts_with('<') {
         return None;
     }
     let bytes = input.as_bytes();
-    let (mut i, mut quoted) = (1, false);
+    let (mut i, mut quoted, mut literal) = (1, false, false);
     while i < bytes.len() {
         match bytes[i] {
+            _ if literal => literal = bytes[i] != b']',
             b'\\' if quoted => i += 1,
             b'"' => quoted = !quoted,
+            b'[' if !quoted => literal = true,
             b'>' if !quoted => {
                 let rest = &input[i + 1..];
                 if !rest.is_empty() && !rest.starts_with(' ') {
@@ -279,9 +279,8 @@ fn parse_mail(rest: &str, opts: &ParseOptions) -> Result<Command, CommandError> 
     let rest = strip_keyword(rest, "FROM:").ok_or(CommandError::Syntax(
         "Syntax: MAIL FROM:<address> [parameters]",
     ))?;
-    let (path, params) = split_path(rest).ok_or(CommandError::BadSender(
-        AddressError::MissingBrackets,
-    ))?;
+    let (path, params) =
+        split_path(rest).ok_or(CommandError::BadSender(AddressError::MissingBrackets))?;
     if !opts.esmtp && !params.trim().is_empty() {
         return Err(CommandError::UnknownParameter(params.trim().to_string()));
     }
@@ -302,9 +301,8 @@ fn parse_rcpt(rest: &str, opts: &ParseOptions) -> Result<Command, CommandError> 
     let rest = strip_keyword(rest, "TO:").ok_or(CommandError::Syntax(
         "Syntax: RCPT TO:<address> [parameters]",
     ))?;
-    let (path, params) = split_path(rest).ok_or(CommandError::BadRecipient(
-        AddressError::MissingBrackets,
-    ))?;
+    let (path, params) =
+        split_path(rest).ok_or(CommandError::BadRecipient(AddressError::MissingBrackets))?;
     let params = RcptParams::parse(params)?;
     let to = ForwardPath::parse(path, opts.utf8_transaction).map_err(|e| match e {
         AddressError::NonAscii => CommandError::NonAsciiAddress,
@@ -336,16 +334,24 @@ mod tests {
 
     #[test]
     fn verbs_are_case_insensitive() {
-        assert_eq!(parse("ehlo client.example").unwrap(), Command::Ehlo("client.example".into()));
+        assert_eq!(
+            parse("ehlo client.example").unwrap(),
+            Command::Ehlo("client.example".into())
+        );
         assert_eq!(parse("HeLo x").unwrap(), Command::Helo("x".into()));
         assert_eq!(parse("data").unwrap(), Command::Data);
         assert_eq!(parse("NOOP anything at all").unwrap(), Command::Noop);
-        assert_eq!(parse("help mail").unwrap(), Command::Help(Some("mail".into())));
+        assert_eq!(
+            parse("help mail").unwrap(),
+            Command::Help(Some("mail".into()))
+        );
     }
 
     #[test]
     fn mail_from_forms() {
-        let Command::Mail { from, params } = parse("MAIL FROM:<a@b.org> SIZE=42 BODY=8BITMIME").unwrap() else {
+        let Command::Mail { from, params } =
+            parse("MAIL FROM:<a@b.org> SIZE=42 BODY=8BITMIME").unwrap()
+        else {
             panic!()
         };
         assert_eq!(from.to_string(), "a@b.org");
@@ -384,7 +390,10 @@ mod tests {
         let helo = ParseOptions::default();
         let e = Command::parse(b"MAIL FROM:<a@b.org> SIZE=1", &helo).unwrap_err();
         assert_eq!(e.reply().code().get(), 555);
-        let no_size = ParseOptions { size: false, ..ESMTP };
+        let no_size = ParseOptions {
+            size: false,
+            ..ESMTP
+        };
         let e = Command::parse(b"MAIL FROM:<a@b.org> SIZE=1", &no_size).unwrap_err();
         assert_eq!(e.reply().code().get(), 555);
     }
@@ -392,7 +401,10 @@ mod tests {
     #[test]
     fn smtputf8_parameter_allows_utf8_sender() {
         assert!(parse("MAIL FROM:<用户@例子.广告> SMTPUTF8").is_ok());
-        let in_txn = ParseOptions { utf8_transaction: true, ..ESMTP };
+        let in_txn = ParseOptions {
+            utf8_transaction: true,
+            ..ESMTP
+        };
         assert!(Command::parse("RCPT TO:<用户@例子.广告>".as_bytes(), &in_txn).is_ok());
     }
 
@@ -408,7 +420,10 @@ mod tests {
     fn writing_commands() {
         let c = parse("MAIL FROM:<a@b.org> SIZE=10").unwrap();
         assert_eq!(c.to_line(), "MAIL FROM:<a@b.org> SIZE=10\r\n");
-        assert_eq!(parse("RCPT TO:<Postmaster>").unwrap().to_line(), "RCPT TO:<Postmaster>\r\n");
+        assert_eq!(
+            parse("RCPT TO:<Postmaster>").unwrap().to_line(),
+            "RCPT TO:<Postmaster>\r\n"
+        );
         assert_eq!(Command::Quit.to_line(), "QUIT\r\n");
     }
 }

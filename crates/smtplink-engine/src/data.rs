@@ -135,6 +135,27 @@ impl DataDecoder {
         }
     }
 
+    /// Passes on line content, counted against both limits. Only the bytes
+    /// before the first one over a limit go out, so any split of the input
+    /// gives the same output (a line arriving whole or in pieces).
+    fn content(&mut self, out: &mut BytesMut, bytes: &[u8]) {
+        let line_room = self.limits.max_line.saturating_sub(self.line_len);
+        let size_room =
+            usize::try_from(self.limits.max_size.saturating_sub(self.size)).unwrap_or(usize::MAX);
+        if self.fault.is_none() {
+            out.extend_from_slice(&bytes[..bytes.len().min(line_room).min(size_room)]);
+        }
+        if bytes.len() > line_room.min(size_room) {
+            self.set_fault(if line_room <= size_room {
+                DataFault::LineTooLong
+            } else {
+                DataFault::TooBig
+            });
+        }
+        self.line_len += bytes.len();
+        self.size += bytes.len() as u64;
+    }
+
     fn count_line(&mut self, n: usize) {
         self.line_len += n;
         if self.line_len > self.limits.max_line {
@@ -157,8 +178,10 @@ impl DataDecoder {
                             return DataProgress::End;
                         }
                         // Un-stuff: drop the leading dot (RFC 5321 4.5.2).
+                        // It does not count towards the line limit: 4.5.3.1.6
+                        // is 1000 octets "not counting the leading dot
+                        // duplicated for transparency".
                         input.advance(1);
-                        self.count_line(1);
                     }
                     Some(_) => {}
                 }
@@ -173,14 +196,13 @@ impl DataDecoder {
                         input.len()
                     };
                     let chunk = input.split_to(take);
-                    self.count_line(chunk.len());
-                    self.emit(out, &chunk);
+                    self.content(out, &chunk);
                     return DataProgress::NeedMore;
                 }
                 Some((len, ending, ending_len)) => {
                     let line = input.split_to(len + ending_len);
-                    self.count_line(len + ending_len);
-                    self.emit(out, &line[..len]);
+                    self.content(out, &line[..len]);
+                    self.count_line(ending_len);
                     match (ending, self.limits.bare_line_endings) {
                         (LineEnding::Crlf, _) => self.emit(out, b"\r\n"),
                         (_, BareLineEndingPolicy::Normalize) => self.emit(out, b"\r\n"),
@@ -235,7 +257,10 @@ mod tests {
     }
 
     /// Decodes `input` whole; returns (content, ended, rest, fault).
-    fn decode_with(input: &[u8], policy: BareLineEndingPolicy) -> (Vec<u8>, bool, Vec<u8>, Option<DataFault>) {
+    fn decode_with(
+        input: &[u8],
+        policy: BareLineEndingPolicy,
+    ) -> (Vec<u8>, bool, Vec<u8>, Option<DataFault>) {
         let mut d = DataDecoder::new(limits(policy));
         let mut inp = BytesMut::from(input);
         let mut out = BytesMut::new();
@@ -278,7 +303,10 @@ mod tests {
             b"a\r\n.\r\r\nMAIL FROM:<x@y>\r\n",
             b"a\r\n\x00.\r\nMAIL FROM:<x@y>\r\n",
         ] {
-            for policy in [BareLineEndingPolicy::Normalize, BareLineEndingPolicy::Reject] {
+            for policy in [
+                BareLineEndingPolicy::Normalize,
+                BareLineEndingPolicy::Reject,
+            ] {
                 let (_, ended, rest, _) = decode_with(variant, policy);
                 assert!(!ended, "{variant:?} ended the message under {policy:?}");
                 assert!(rest.is_empty() || rest == b"\r", "{variant:?}: {rest:?}");

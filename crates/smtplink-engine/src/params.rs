@@ -113,7 +113,9 @@ impl MailParams {
             }
             seen.push(upper.clone());
             match (upper.as_str(), p.value) {
-                ("SIZE", Some(v)) if !v.is_empty() && v.len() <= 20 && v.bytes().all(|b| b.is_ascii_digit()) => {
+                ("SIZE", Some(v))
+                    if !v.is_empty() && v.len() <= 20 && v.bytes().all(|b| b.is_ascii_digit()) =>
+                {
                     params.size = Some(v.parse().map_err(|_| ParamError::BadValue(original))?);
                 }
                 ("BODY", Some(v)) if v.eq_ignore_ascii_case("7BIT") => {
@@ -194,14 +196,24 @@ mod tests {
 
     #[test]
     fn bad_values_and_syntax_are_501() {
-        for bad in ["SIZE=abc", "SIZE", "BODY=BINARYMIME", "SMTPUTF8=yes", "SIZE=1 SIZE=2", "SIZE=99999999999999999999999"] {
+        for bad in [
+            "SIZE=abc",
+            "SIZE",
+            "BODY=BINARYMIME",
+            "SMTPUTF8=yes",
+            "SIZE=1 SIZE=2",
+            "SIZE=99999999999999999999999",
+        ] {
             assert!(
                 matches!(MailParams::parse(bad, all), Err(ParamError::BadValue(_))),
                 "{bad}"
             );
         }
         for bad in ["=x", "-A=1", "A=", "A=b=c", "A=\u{1}"] {
-            assert!(matches!(split_params(bad), Err(ParamError::Syntax(_))), "{bad}");
+            assert!(
+                matches!(split_params(bad), Err(ParamError::Syntax(_))),
+                "{bad}"
+            );
         }
     }
 }

@@ -65,6 +65,33 @@ pub struct ServerConfig {
 /// Extra octets allowed on MAIL and RCPT lines for ESMTP parameters.
 pub const PARAMETER_ALLOWANCE: usize = 512;
 
+/// Longest reply line in octets, code and CRLF included (RFC 5321 4.5.3.1.5).
+const MAX_REPLY_LINE: usize = 512;
+
+/// Cuts reply text so every line fits in [`MAX_REPLY_LINE`]. Some replies
+/// echo what the client sent (its EHLO name, a bad parameter or address),
+/// which can be nearly as long as a command line.
+fn fit_reply_lines(reply: &Reply) -> std::borrow::Cow<'_, Reply> {
+    // "250-" or "250 ", then "x.y.z " if there is an enhanced code, then CRLF.
+    let overhead = 4 + reply.enhanced().map_or(0, |e| e.to_string().len() + 1) + 2;
+    let room = MAX_REPLY_LINE.saturating_sub(overhead);
+    if reply.lines().iter().all(|l| l.len() <= room) {
+        return std::borrow::Cow::Borrowed(reply);
+    }
+    let cut = |l: &String| {
+        let mut end = room.min(l.len());
+        while !l.is_char_boundary(end) {
+            end -= 1;
+        }
+        l[..end].to_string()
+    };
+    std::borrow::Cow::Owned(Reply::multiline(
+        reply.code(),
+        reply.enhanced(),
+        reply.lines().iter().map(cut),
+    ))
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
@@ -377,7 +404,7 @@ impl ServerSession {
     fn send(&mut self, reply: &Reply) {
         trace!(reply = %reply, "server reply");
         let mut buf = Vec::new();
-        reply.write_to(&mut buf);
+        fit_reply_lines(reply).write_to(&mut buf);
         self.output.extend_from_slice(&buf);
     }
 
@@ -405,7 +432,10 @@ impl ServerSession {
                 Reply::new(
                     ReplyCode::SERVICE_NOT_AVAILABLE,
                     EnhancedCode::new(4, 7, 0),
-                    format!("{} Too many errors, closing connection", self.config.hostname),
+                    format!(
+                        "{} Too many errors, closing connection",
+                        self.config.hostname
+                    ),
                 ),
                 CloseReason::TooManyErrors,
             );
@@ -455,41 +485,42 @@ impl ServerSession {
 
     fn next_command_line(&mut self) -> Option<CommandLine> {
         let limit = self.config.max_command_line + PARAMETER_ALLOWANCE;
-        loop {
-            let Some((len, ending, ending_len)) = find_line_end(&self.input) else {
-                if self.input.len() > limit {
-                    // Throw the overlong line away as it arrives, but keep a
-                    // trailing CR that may start the CRLF that ends it.
-                    let keep = usize::from(self.input.last() == Some(&b'\r'));
-                    let drop = self.input.len() - keep;
-                    self.input.advance(drop);
-                    self.discarding_long_line = true;
-                }
-                return None;
-            };
-            let line = self.input.split_to(len + ending_len);
-            if std::mem::take(&mut self.discarding_long_line) {
-                return Some(CommandLine::TooLong);
+        let Some((len, ending, ending_len)) = find_line_end(&self.input) else {
+            if self.input.len() > limit {
+                // Throw the overlong line away as it arrives, but keep a
+                // trailing CR that may start the CRLF that ends it.
+                let keep = usize::from(self.input.last() == Some(&b'\r'));
+                let drop = self.input.len() - keep;
+                self.input.advance(drop);
+                self.discarding_long_line = true;
             }
-            if ending != LineEnding::Crlf
-                && self.config.bare_line_endings == BareLineEndingPolicy::Reject
-            {
-                return Some(CommandLine::BareEnding);
-            }
-            let content = line.freeze().slice(..len);
-            let is_mail_or_rcpt = content.len() >= 4
-                && (content[..4].eq_ignore_ascii_case(b"MAIL")
-                    || content[..4].eq_ignore_ascii_case(b"RCPT"));
-            let own_limit = if is_mail_or_rcpt {
-                limit
-            } else {
-                self.config.max_command_line
-            };
-            if len + 2 > own_limit {
-                return Some(CommandLine::TooLong);
-            }
-            return Some(CommandLine::Ok(content));
+            return None;
+        };
+        let line = self.input.split_to(len + ending_len);
+        if std::mem::take(&mut self.discarding_long_line) {
+            return Some(CommandLine::TooLong);
         }
+        let content = line.freeze().slice(..len);
+        let is_mail_or_rcpt = content.len() >= 4
+            && (content[..4].eq_ignore_ascii_case(b"MAIL")
+                || content[..4].eq_ignore_ascii_case(b"RCPT"));
+        let own_limit = if is_mail_or_rcpt {
+            limit
+        } else {
+            self.config.max_command_line
+        };
+        // Length before line ending: a line this long that arrives in pieces
+        // is discarded above before its ending is seen, so judging it by its
+        // ending here would make the reply depend on how the input was split.
+        if len + 2 > own_limit {
+            return Some(CommandLine::TooLong);
+        }
+        if ending != LineEnding::Crlf
+            && self.config.bare_line_endings == BareLineEndingPolicy::Reject
+        {
+            return Some(CommandLine::BareEnding);
+        }
+        Some(CommandLine::Ok(content))
     }
 
     fn parse_options(&self) -> ParseOptions {
@@ -536,11 +567,9 @@ impl ServerSession {
                 (2, 0, 0),
                 "Cannot VRFY user, but will accept message and attempt delivery",
             ),
-            Command::Expn(_) => self.reply(
-                ReplyCode::NOT_IMPLEMENTED,
-                (5, 5, 1),
-                "EXPN not available",
-            ),
+            Command::Expn(_) => {
+                self.reply(ReplyCode::NOT_IMPLEMENTED, (5, 5, 1), "EXPN not available")
+            }
             Command::Help(_) => self.reply(
                 ReplyCode::HELP,
                 (2, 0, 0),

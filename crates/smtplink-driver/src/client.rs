@@ -1,0 +1,206 @@
+//! The client driver: runs a [`ClientSession`] over a [`Link`].
+
+use std::time::Duration;
+
+use smtplink_engine::{
+    Capabilities, ClientConfig, ClientError, ClientEvent, ClientSession, ClientTimeout, Envelope,
+    TransactionReport,
+};
+use smtplink_transport::Link;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::{debug, info_span, Instrument, Span};
+
+use crate::error::DriverError;
+
+/// The client timers of RFC 5321 4.5.3.2, each a setting.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientTimeouts {
+    /// 4.5.3.2.1 initial 220: 5 minutes.
+    pub greeting: Duration,
+    /// 4.5.3.2.2 MAIL (and EHLO, RSET, QUIT): 5 minutes.
+    pub mail: Duration,
+    /// 4.5.3.2.3 RCPT: 5 minutes.
+    pub rcpt: Duration,
+    /// 4.5.3.2.4 DATA initiation: 2 minutes.
+    pub data_init: Duration,
+    /// 4.5.3.2.5 each data block written: 3 minutes.
+    pub data_block: Duration,
+    /// 4.5.3.2.6 reply to the end of data: 10 minutes.
+    pub data_termination: Duration,
+}
+
+impl Default for ClientTimeouts {
+    fn default() -> Self {
+        Self {
+            greeting: Duration::from_secs(300),
+            mail: Duration::from_secs(300),
+            rcpt: Duration::from_secs(300),
+            data_init: Duration::from_secs(120),
+            data_block: Duration::from_secs(180),
+            data_termination: Duration::from_secs(600),
+        }
+    }
+}
+
+impl ClientTimeouts {
+    fn for_kind(&self, kind: ClientTimeout) -> Duration {
+        match kind {
+            ClientTimeout::Greeting => self.greeting,
+            ClientTimeout::Mail => self.mail,
+            ClientTimeout::Rcpt => self.rcpt,
+            ClientTimeout::DataInit => self.data_init,
+            ClientTimeout::DataTermination => self.data_termination,
+        }
+    }
+}
+
+/// Settings of the client driver.
+#[derive(Debug, Clone, Default)]
+pub struct ClientSettings {
+    /// The engine's settings (EHLO name, pipelining).
+    pub engine: ClientConfig,
+    /// Timers.
+    pub timeouts: ClientTimeouts,
+}
+
+/// Bytes written to the link per call while sending a body, so the
+/// data-block timer of RFC 5321 4.5.3.2.5 applies per block.
+const WRITE_BLOCK: usize = 64 * 1024;
+
+/// An SMTP client session over a link: connect, send messages, quit.
+pub struct SmtpClient {
+    link: Link,
+    session: ClientSession,
+    settings: ClientSettings,
+    buf: Vec<u8>,
+    span: Span,
+}
+
+impl SmtpClient {
+    /// Reads the greeting and does EHLO (or HELO); returns once messages
+    /// can be sent.
+    pub async fn handshake(link: Link, settings: ClientSettings) -> Result<Self, DriverError> {
+        let span = info_span!(
+            "session",
+            role = "client",
+            transport = link.info().kind,
+            peer = %link.info().peer
+        );
+        let mut client = Self {
+            link,
+            session: ClientSession::new(settings.engine.clone()),
+            settings,
+            buf: vec![0u8; 16 * 1024],
+            span,
+        };
+        while !matches!(client.next_event().await?, ClientEvent::Ready(_)) {}
+        Ok(client)
+    }
+
+    /// What the server offered.
+    pub fn capabilities(&self) -> &Capabilities {
+        self.session.capabilities()
+    }
+
+    /// Sends one message; `body` must use CRLF line endings.
+    ///
+    /// `Ok` carries the outcome per recipient, whatever the server said. An
+    /// `Err` means the message was not sent at all ([`DriverError::Send`])
+    /// or the session broke; the session cannot be used after the latter.
+    pub async fn send(
+        &mut self,
+        envelope: Envelope,
+        body: &[u8],
+    ) -> Result<TransactionReport, DriverError> {
+        self.session.send(envelope, body)?;
+        loop {
+            if let ClientEvent::Sent(report) = self.next_event().await? {
+                return Ok(report);
+            }
+        }
+    }
+
+    /// Says QUIT and closes the link.
+    pub async fn quit(mut self) -> Result<(), DriverError> {
+        self.session.quit();
+        let result = loop {
+            match self.next_event().await {
+                Ok(ClientEvent::Closed) => break Ok(()),
+                Ok(_) => {}
+                Err(e) => break Err(e),
+            }
+        };
+        let _ = self.link.shutdown().await;
+        result
+    }
+
+    /// The next event, inside the session's span.
+    async fn next_event(&mut self) -> Result<ClientEvent, DriverError> {
+        let span = self.span.clone();
+        async {
+            loop {
+                if let Some(event) = self.step().await? {
+                    return Ok(event);
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Flushes output, then returns the next event, reading when none is
+    /// ready. A session error is returned as `Err`.
+    async fn step(&mut self) -> Result<Option<ClientEvent>, DriverError> {
+        while let Some(out) = self.session.poll_transmit() {
+            for block in out.chunks(WRITE_BLOCK) {
+                let timeout = self.settings.timeouts.data_block;
+                match tokio::time::timeout(timeout, self.link.write_all(block)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(source)) => {
+                        return Err(DriverError::Io {
+                            op: "write",
+                            source,
+                        })
+                    }
+                    Err(_) => return Err(DriverError::Timeout(timeout)),
+                }
+            }
+            self.link.flush().await.map_err(|source| DriverError::Io {
+                op: "write",
+                source,
+            })?;
+        }
+        if let Some(event) = self.session.poll_event() {
+            if let (ClientEvent::Closed, Some(e)) = (&event, self.session.error()) {
+                return Err(DriverError::Client(e.clone()));
+            }
+            return Ok(Some(event));
+        }
+        if self.session.is_closed() {
+            return Err(DriverError::Client(
+                self.session
+                    .error()
+                    .cloned()
+                    .unwrap_or(ClientError::Unexpected(smtplink_engine::Reply::new(
+                        smtplink_engine::ReplyCode::SERVICE_NOT_AVAILABLE,
+                        None,
+                        "session closed",
+                    ))),
+            ));
+        }
+        let Some(kind) = self.session.timeout_kind() else {
+            return Ok(None);
+        };
+        let timeout = self.settings.timeouts.for_kind(kind);
+        match tokio::time::timeout(timeout, self.link.read(&mut self.buf)).await {
+            Ok(Ok(0)) => {
+                debug!("server closed the link");
+                self.session.handle_eof();
+            }
+            Ok(Ok(n)) => self.session.handle_input(&self.buf[..n]),
+            Ok(Err(source)) => return Err(DriverError::Io { op: "read", source }),
+            Err(_) => self.session.handle_timeout(),
+        }
+        Ok(None)
+    }
+}

@@ -1,0 +1,50 @@
+//! The driver's error type.
+
+use std::io;
+
+use smtplink_engine::{ClientError, Reply, SendError};
+use smtplink_transport::TransportError;
+use thiserror::Error;
+
+/// Why a driver stopped.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum DriverError {
+    /// Reading from or writing to the link failed.
+    #[error("link {op} failed: {source}")]
+    Io {
+        /// "read" or "write".
+        op: &'static str,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The link gave no bytes within the RFC 5321 4.5.3.2 timer.
+    #[error("timed out after {0:?} waiting for the peer")]
+    Timeout(std::time::Duration),
+    /// Opening or accepting a link failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The client session failed (refused, protocol error, link closed).
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The message could not be sent as it is (nothing was sent).
+    #[error(transparent)]
+    Send(#[from] SendError),
+    /// The backend refused the session before the greeting.
+    #[error("session refused: {0}")]
+    Refused(Reply),
+}
+
+impl DriverError {
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DriverError::Io { .. } | DriverError::Timeout(_) => true,
+            DriverError::Transport(e) => e.is_transient(),
+            DriverError::Client(e) => e.is_transient(),
+            DriverError::Send(_) => false,
+            DriverError::Refused(r) => !r.is_permanent(),
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! Our client against our server over in-memory pipes: whole sessions,
+//! pipelined batches, refusals, and a link cut mid-DATA.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use smtplink_driver::{
+    serve_link, Backend, ClientSettings, ServerSettings, SessionHandler, SessionInfo, SmtpClient,
+};
+use smtplink_engine::{
+    ClientConfig, EnhancedCode, Envelope, ForwardPath, RcptParams, RecipientOutcome, Reply,
+    ReplyCode,
+};
+use smtplink_transport::Link;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+/// What the test backend saw.
+#[derive(Default, Debug)]
+struct Log {
+    stored: Vec<(Vec<String>, Vec<u8>)>,
+    aborted: usize,
+}
+
+/// Stores messages in memory; refuses recipients whose local part starts
+/// with "no" (5xx) or "later" (4xx).
+struct MemoryBackend(Arc<Mutex<Log>>);
+
+struct MemorySession {
+    log: Arc<Mutex<Log>>,
+    rcpts: Vec<String>,
+    body: Vec<u8>,
+}
+
+#[async_trait]
+impl Backend for MemoryBackend {
+    async fn open(&self, _: &SessionInfo) -> Result<Box<dyn SessionHandler>, Reply> {
+        Ok(Box::new(MemorySession {
+            log: self.0.clone(),
+            rcpts: vec![],
+            body: vec![],
+        }))
+    }
+}
+
+#[async_trait]
+impl SessionHandler for MemorySession {
+    async fn rcpt(
+        &mut self,
+        _: &SessionInfo,
+        to: &ForwardPath,
+        _: &RcptParams,
+    ) -> Result<(), Reply> {
+        let address = to.to_string();
+        if address.starts_with("no") {
+            return Err(Reply::new(
+                ReplyCode::MAILBOX_UNAVAILABLE,
+                EnhancedCode::new(5, 1, 1),
+                "No such user",
+            ));
+        }
+        if address.starts_with("later") {
+            return Err(Reply::new(
+                ReplyCode::new(450).unwrap(),
+                EnhancedCode::new(4, 2, 1),
+                "Try later",
+            ));
+        }
+        self.rcpts.push(address);
+        Ok(())
+    }
+    async fn data_chunk(&mut self, chunk: Bytes) -> Result<(), Reply> {
+        self.body.extend_from_slice(&chunk);
+        Ok(())
+    }
+    async fn data_end(&mut self, _: &SessionInfo) -> Result<String, Reply> {
+        let rcpts = std::mem::take(&mut self.rcpts);
+        let body = std::mem::take(&mut self.body);
+        self.log.lock().unwrap().stored.push((rcpts, body));
+        Ok("stored".into())
+    }
+    async fn abort(&mut self) {
+        self.body.clear();
+        self.log.lock().unwrap().aborted += 1;
+    }
+    async fn reset(&mut self) {
+        self.rcpts.clear();
+        self.body.clear();
+    }
+}
+
+fn start_server(link: Link, pipelining: bool) -> (Arc<Mutex<Log>>, tokio::task::JoinHandle<()>) {
+    let log = Arc::new(Mutex::new(Log::default()));
+    let mut settings = ServerSettings::default();
+    settings.engine.hostname = "mx.test".into();
+    settings.engine.pipelining = pipelining;
+    let backend = Arc::new(MemoryBackend(log.clone()));
+    let task = tokio::spawn(async move {
+        let _ = serve_link(link, Arc::new(settings), backend, CancellationToken::new()).await;
+    });
+    (log, task)
+}
+
+fn client_settings() -> ClientSettings {
+    ClientSettings {
+        engine: ClientConfig {
+            hello_name: "client.test".into(),
+            pipelining: true,
+        },
+        ..ClientSettings::default()
+    }
+}
+
+#[tokio::test]
+async fn client_sends_two_messages_over_one_session() {
+    for pipelining in [true, false] {
+        let (a, b) = smtplink_mem::pipe(4096);
+        let (log, server) = start_server(b, pipelining);
+        let mut client = SmtpClient::handshake(a, client_settings()).await.unwrap();
+        assert_eq!(client.capabilities().pipelining, pipelining);
+        let body1 = b"Subject: one\r\n\r\n.dot\r\n..two\r\n".to_vec();
+        let body2 = b"Subject: two\r\n\r\n\xc3\xa9t\xc3\xa9\r\n".to_vec();
+        let env = Envelope::parse("a@example.org", &["b@example.net", "c@example.net"]).unwrap();
+        let report = client.send(env, &body1).await.unwrap();
+        assert!(report.all_accepted(), "{report:?}");
+        let env = Envelope::parse("", &["d@example.net"]).unwrap();
+        assert!(client.send(env, &body2).await.unwrap().all_accepted());
+        client.quit().await.unwrap();
+        server.await.unwrap();
+        let log = log.lock().unwrap();
+        assert_eq!(log.stored.len(), 2);
+        assert_eq!(log.stored[0].0, ["b@example.net", "c@example.net"]);
+        assert_eq!(log.stored[0].1, body1);
+        assert_eq!(log.stored[1].1, body2);
+    }
+}
+
+#[tokio::test]
+async fn per_recipient_outcomes_in_a_pipelined_batch() {
+    let (a, b) = smtplink_mem::pipe(4096);
+    let (log, _server) = start_server(b, true);
+    let mut client = SmtpClient::handshake(a, client_settings()).await.unwrap();
+    let env = Envelope::parse(
+        "a@example.org",
+        &[
+            "ok1@example.net",
+            "nobody@example.net",
+            "later@example.net",
+            "ok2@example.net",
+        ],
+    )
+    .unwrap();
+    let report = client
+        .send(env, b"Subject: mixed\r\n\r\nhi\r\n")
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = report
+        .recipients
+        .iter()
+        .map(|(_, o)| match o {
+            RecipientOutcome::Accepted(_) => "accepted",
+            RecipientOutcome::Transient(_) => "transient",
+            RecipientOutcome::Permanent(_) => "permanent",
+        })
+        .collect();
+    assert_eq!(kinds, ["accepted", "permanent", "transient", "accepted"]);
+    assert_eq!(report.recipients[1].1.reply().code().get(), 550);
+    // Every recipient refused: nothing is stored, the session stays usable.
+    let env = Envelope::parse("a@example.org", &["no1@example.net", "no2@example.net"]).unwrap();
+    let report = client
+        .send(env, b"Subject: none\r\n\r\nhi\r\n")
+        .await
+        .unwrap();
+    assert!(report
+        .recipients
+        .iter()
+        .all(|(_, o)| matches!(o, RecipientOutcome::Permanent(_))));
+    client.quit().await.unwrap();
+    assert_eq!(log.lock().unwrap().stored.len(), 1);
+}
+
+/// A pipelined batch written in one piece gets its replies in order, in
+/// as few writes as the server can manage (RFC 2920 3.2).
+#[tokio::test]
+async fn raw_pipelined_batch_gets_ordered_replies() {
+    let (mut a, b) = smtplink_mem::pipe(1 << 16);
+    let (log, server) = start_server(b, true);
+    a.write_all(b"EHLO c.test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nRCPT TO:<nobody@example.net>\r\nDATA\r\nSubject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n").await.unwrap();
+    let mut transcript = Vec::new();
+    a.read_to_end(&mut transcript).await.unwrap();
+    server.await.unwrap();
+    let text = String::from_utf8(transcript).unwrap();
+    let codes: Vec<&str> = text
+        .lines()
+        .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+        .map(|l| &l[..3])
+        .collect();
+    assert_eq!(
+        codes,
+        ["220", "250", "250", "250", "550", "354", "250", "221"],
+        "{text}"
+    );
+    assert_eq!(
+        log.lock().unwrap().stored[0].1,
+        b"Subject: x\r\n\r\nbody\r\n"
+    );
+}
+
+/// The client drops the link in the middle of DATA: the backend is told
+/// to abort and nothing is stored.
+#[tokio::test]
+async fn link_dropped_mid_data_stores_nothing() {
+    let (mut a, b) = smtplink_mem::pipe(1 << 16);
+    let (log, server) = start_server(b, true);
+    a.write_all(b"EHLO c.test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\nSubject: cut\r\n\r\npartial line\r\nand more").await.unwrap();
+    // Wait for the 354 so we know the server is inside DATA.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains("354 ") {
+        let n = tokio::time::timeout(Duration::from_secs(5), a.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0);
+        seen.extend_from_slice(&buf[..n]);
+    }
+    drop(a);
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap();
+    let log = log.lock().unwrap();
+    assert!(log.stored.is_empty());
+    assert_eq!(log.aborted, 1);
+}
+
+/// An idle client is told 421 when the command timer runs out
+/// (RFC 5321 4.5.3.2.7), on tokio's paused clock.
+#[tokio::test(start_paused = true)]
+async fn idle_client_gets_421_after_the_command_timeout() {
+    let (mut a, b) = smtplink_mem::pipe(4096);
+    let log = Arc::new(Mutex::new(Log::default()));
+    let settings = ServerSettings {
+        command_timeout: Duration::from_secs(300),
+        ..ServerSettings::default()
+    };
+    let backend = Arc::new(MemoryBackend(log));
+    let server = tokio::spawn(serve_link(
+        b,
+        Arc::new(settings),
+        backend,
+        CancellationToken::new(),
+    ));
+    let mut out = Vec::new();
+    a.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.starts_with("220 "), "{text}");
+    assert!(text.contains("\r\n421 4.4.2 "), "{text}");
+    server.await.unwrap().unwrap();
+}
+
+/// Shutdown: an idle session gets 421 at once.
+#[tokio::test]
+async fn shutdown_closes_idle_sessions_with_421() {
+    let (mut a, b) = smtplink_mem::pipe(4096);
+    let token = CancellationToken::new();
+    let backend = Arc::new(MemoryBackend(Arc::default()));
+    let server = tokio::spawn(serve_link(
+        b,
+        Arc::new(ServerSettings::default()),
+        backend,
+        token.clone(),
+    ));
+    let mut buf = [0u8; 512];
+    let n = a.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"220 "));
+    token.cancel();
+    let mut rest = Vec::new();
+    a.read_to_end(&mut rest).await.unwrap();
+    assert!(
+        rest.starts_with(b"421 4.3.2 "),
+        "{}",
+        String::from_utf8_lossy(&rest)
+    );
+    server.await.unwrap().unwrap();
+}

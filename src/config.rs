@@ -1,0 +1,216 @@
+//! The configuration file: TOML, every key optional, layered over the
+//! embedded defaults (`default.toml`). Errors name the file, line and key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use smtplink_engine::BareLineEndingPolicy;
+
+/// The embedded default configuration.
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+/// A configuration file's contents. Every key is optional so a file can set
+/// only what it changes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub listen: Option<Vec<String>>,
+    pub hostname: Option<String>,
+    pub maildir: Option<PathBuf>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub message_size: Option<u64>,
+    pub recipients: Option<usize>,
+    pub errors: Option<usize>,
+    pub command_line: Option<usize>,
+    pub text_line: Option<usize>,
+    pub bare_line_endings: Option<BareLineEndings>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BareLineEndings {
+    Normalize,
+    Reject,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    pub command: Option<u64>,
+    pub data: Option<u64>,
+    pub shutdown_grace: Option<u64>,
+}
+
+/// The resolved settings `serve` runs with.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: Vec<String>,
+    pub hostname: String,
+    pub maildir: PathBuf,
+    pub message_size: u64,
+    pub recipients: usize,
+    pub errors: usize,
+    pub command_line: usize,
+    pub text_line: usize,
+    pub bare_line_endings: BareLineEndingPolicy,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// A configuration error, already phrased for the user.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Parses TOML text, naming `origin`, the line and the key on error.
+pub fn parse(origin: &str, text: &str) -> Result<ConfigFile, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let message = e.message().to_string();
+        let Some(span) = e.span() else {
+            return ConfigError(format!("{origin}: {message}"));
+        };
+        let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
+        let line = text.lines().nth(line_no - 1).unwrap_or("");
+        let key = line.split('=').next().unwrap_or("").trim();
+        let key = if key.is_empty() || key.starts_with('[') {
+            String::new()
+        } else {
+            format!(" key `{key}`:")
+        };
+        ConfigError(format!("{origin}:{line_no}:{key} {message}"))
+    })
+}
+
+/// Reads and parses a config file.
+pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
+    parse(&path.display().to_string(), &text)
+}
+
+impl ServeConfig {
+    /// The embedded defaults overlaid with `file`.
+    pub fn resolve(file: Option<ConfigFile>) -> Result<Self, ConfigError> {
+        let defaults = parse("(built-in default config)", DEFAULT_CONFIG)?;
+        let file = file.unwrap_or_default();
+        let missing = |key: &str| ConfigError(format!("built-in config lacks `{key}`"));
+        macro_rules! pick {
+            ($($field:ident).+) => {
+                file.$($field).+.clone().or(defaults.$($field).+.clone())
+                    .ok_or_else(|| missing(stringify!($($field).+)))?
+            };
+        }
+        let listen: Vec<String> = pick!(listen);
+        if listen.is_empty() {
+            return Err(ConfigError(
+                "`listen` must name at least one endpoint".into(),
+            ));
+        }
+        let mut hostname: String = pick!(hostname);
+        if hostname.is_empty() {
+            hostname = gethostname::gethostname().to_string_lossy().into_owned();
+        }
+        let config = Self {
+            listen,
+            hostname,
+            maildir: pick!(maildir),
+            message_size: pick!(limits.message_size),
+            recipients: pick!(limits.recipients),
+            errors: pick!(limits.errors),
+            command_line: pick!(limits.command_line),
+            text_line: pick!(limits.text_line),
+            bare_line_endings: match pick!(limits.bare_line_endings) {
+                BareLineEndings::Normalize => BareLineEndingPolicy::Normalize,
+                BareLineEndings::Reject => BareLineEndingPolicy::Reject,
+            },
+            command_timeout: Duration::from_secs(pick!(timeouts.command)),
+            data_timeout: Duration::from_secs(pick!(timeouts.data)),
+            shutdown_grace: Duration::from_secs(pick!(timeouts.shutdown_grace)),
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        // The RFC minimums: a server that accepts less breaks conforming clients.
+        let rules: [(&str, usize, usize); 3] = [
+            ("limits.command_line", self.command_line, 512),
+            ("limits.text_line", self.text_line, 1000),
+            ("limits.recipients", self.recipients, 1),
+        ];
+        for (key, value, min) in rules {
+            if value < min {
+                return Err(ConfigError(format!(
+                    "`{key}` = {value} is below the minimum {min}"
+                )));
+            }
+        }
+        if self.errors == 0 {
+            return Err(ConfigError("`limits.errors` must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses_and_resolves() {
+        let c = ServeConfig::resolve(None).unwrap();
+        assert_eq!(c.listen, ["tcp://127.0.0.1:2525"]);
+        assert_eq!(c.maildir, PathBuf::from("./maildir"));
+        assert_eq!(c.message_size, 25 * 1024 * 1024);
+        assert!(!c.hostname.is_empty());
+    }
+
+    #[test]
+    fn file_overrides_defaults() {
+        let f = parse(
+            "t.toml",
+            "hostname = \"mx.example\"\n[limits]\nrecipients = 5\n",
+        )
+        .unwrap();
+        let c = ServeConfig::resolve(Some(f)).unwrap();
+        assert_eq!(c.hostname, "mx.example");
+        assert_eq!(c.recipients, 5);
+        assert_eq!(c.errors, 10);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let e = parse(
+            "site.toml",
+            "hostname = \"x\"\n[limits]\nrecipients = \"many\"\n",
+        )
+        .unwrap_err();
+        assert!(e.0.starts_with("site.toml:3: key `recipients`:"), "{e}");
+        let e = parse("site.toml", "\n\nlisten_on = []\n").unwrap_err();
+        assert!(e.0.starts_with("site.toml:3: key `listen_on`:"), "{e}");
+        assert!(e.0.contains("unknown field"), "{e}");
+        let e = parse("site.toml", "[limits]\nbare_line_endings = \"sometimes\"\n").unwrap_err();
+        assert!(
+            e.0.starts_with("site.toml:2: key `bare_line_endings`:"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn limits_below_rfc_minimum_are_refused() {
+        let f = parse("t.toml", "[limits]\ncommand_line = 100\n").unwrap();
+        let e = ServeConfig::resolve(Some(f)).unwrap_err();
+        assert!(e.0.contains("limits.command_line"), "{e}");
+    }
+}

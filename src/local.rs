@@ -1,0 +1,183 @@
+//! Local delivery for `serve`: a driver [`Backend`] that stores every
+//! accepted message into a Maildir per recipient.
+//!
+//! The 250 to the end of data is sent only after
+//! [`MessageWriter::commit`] returned, i.e. after every copy is fsync'd
+//! into its `new/`. Any storage failure is a 451, and nothing is left in
+//! any `new/`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use smtplink_driver::{Backend, SessionHandler, SessionInfo};
+use smtplink_engine::{
+    EnhancedCode, ForwardPath, MailParams, RcptParams, Reply, ReplyCode, ReversePath,
+};
+use smtplink_maildir::{MaildirError, MaildirStore, MessageWriter, TraceInfo};
+use tracing::{error, info};
+
+/// Stores mail for every recipient into Maildirs under one root.
+pub struct MaildirBackend {
+    store: Arc<MaildirStore>,
+}
+
+impl MaildirBackend {
+    pub fn new(store: MaildirStore) -> Self {
+        Self {
+            store: Arc::new(store),
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for MaildirBackend {
+    async fn open(&self, _info: &SessionInfo) -> Result<Box<dyn SessionHandler>, Reply> {
+        Ok(Box::new(MaildirSession {
+            store: self.store.clone(),
+            reverse_path: String::new(),
+            smtputf8: false,
+            recipients: Vec::new(),
+            writer: None,
+        }))
+    }
+}
+
+struct MaildirSession {
+    store: Arc<MaildirStore>,
+    reverse_path: String,
+    smtputf8: bool,
+    recipients: Vec<String>,
+    writer: Option<MessageWriter>,
+}
+
+static MESSAGE_COUNTER: AtomicU64 = AtomicU64::new(1);
+
+fn storage_failure(e: &MaildirError) -> Reply {
+    error!(error = %e, "storing the message failed");
+    Reply::new(
+        ReplyCode::LOCAL_ERROR,
+        EnhancedCode::new(4, 3, 0),
+        "Local error in processing; message not stored, try again later",
+    )
+}
+
+/// Runs blocking file work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, MaildirError> + Send + 'static,
+) -> Result<T, Reply> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(storage_failure(&e)),
+        Err(join) => {
+            error!(error = %join, "storage task failed");
+            Err(Reply::new(
+                ReplyCode::LOCAL_ERROR,
+                EnhancedCode::new(4, 3, 0),
+                "Local error in processing",
+            ))
+        }
+    }
+}
+
+impl MaildirSession {
+    fn recipient_name(&self, to: &ForwardPath) -> String {
+        match to {
+            // RFC 5321 4.1.1.3: <Postmaster> without a domain is ours.
+            ForwardPath::Postmaster => format!("postmaster@{}", self.store.hostname()),
+            ForwardPath::Mailbox(m) => m.to_string(),
+        }
+    }
+}
+
+#[async_trait]
+impl SessionHandler for MaildirSession {
+    async fn mail(
+        &mut self,
+        _info: &SessionInfo,
+        from: &ReversePath,
+        params: &MailParams,
+    ) -> Result<(), Reply> {
+        self.reverse_path = from.to_string();
+        self.smtputf8 = params.smtputf8;
+        self.recipients.clear();
+        Ok(())
+    }
+
+    async fn rcpt(
+        &mut self,
+        _info: &SessionInfo,
+        to: &ForwardPath,
+        _params: &RcptParams,
+    ) -> Result<(), Reply> {
+        let name = self.recipient_name(to);
+        self.recipients.push(name);
+        Ok(())
+    }
+
+    async fn data_start(&mut self, info: &SessionInfo) -> Result<(), Reply> {
+        let id = format!(
+            "{}.{}",
+            info.id,
+            MESSAGE_COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        // RFC 3848 / RFC 6531 protocol names for the `with` clause.
+        let protocol = match (info.esmtp, self.smtputf8) {
+            (_, true) => "UTF8SMTP",
+            (true, false) => "ESMTP",
+            (false, false) => "SMTP",
+        };
+        let trace = TraceInfo {
+            reverse_path: self.reverse_path.clone(),
+            helo: info.helo.clone(),
+            peer: info.link.peer.clone(),
+            peer_ip: info.link.peer_ip,
+            protocol: protocol.into(),
+            id,
+            recipients: self.recipients.clone(),
+        };
+        let store = self.store.clone();
+        self.writer = Some(blocking(move || store.begin(&trace)).await?);
+        Ok(())
+    }
+
+    async fn data_chunk(&mut self, chunk: Bytes) -> Result<(), Reply> {
+        let Some(mut writer) = self.writer.take() else {
+            return Err(storage_failure(&MaildirError::IncompleteMessage));
+        };
+        self.writer = Some(
+            blocking(move || {
+                writer.write_all(&chunk)?;
+                Ok(writer)
+            })
+            .await?,
+        );
+        Ok(())
+    }
+
+    async fn data_end(&mut self, info: &SessionInfo) -> Result<String, Reply> {
+        let Some(writer) = self.writer.take() else {
+            return Err(storage_failure(&MaildirError::IncompleteMessage));
+        };
+        let recipients = std::mem::take(&mut self.recipients);
+        let size = writer.total_size();
+        let count = recipients.len();
+        let paths = blocking(move || writer.commit(&recipients)).await?;
+        info!(session = %info.id, size, recipients = count, copies = paths.len(), "stored");
+        Ok(format!("Message stored ({} copies)", paths.len()))
+    }
+
+    async fn abort(&mut self) {
+        if let Some(writer) = self.writer.take() {
+            // Removing the tmp file is blocking I/O too.
+            let _ = tokio::task::spawn_blocking(move || drop(writer)).await;
+        }
+    }
+
+    async fn reset(&mut self) {
+        self.abort().await;
+        self.recipients.clear();
+        self.reverse_path.clear();
+    }
+}

@@ -1,0 +1,345 @@
+//! `smtplink`: serve SMTP into Maildirs, or send a message, over any link.
+
+mod config;
+mod local;
+
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use smtplink_driver::{ClientSettings, Server, ServerSettings, SmtpClient};
+use smtplink_engine::{ClientConfig, Envelope, RecipientOutcome, ServerConfig};
+use smtplink_maildir::MaildirStore;
+use smtplink_transport::{Endpoint, Registry};
+use tracing::{error, info, warn};
+
+use crate::config::{ServeConfig, DEFAULT_CONFIG};
+use crate::local::MaildirBackend;
+
+/// sysexits.h: temporary failure, try again later.
+const EX_TEMPFAIL: u8 = 75;
+/// sysexits.h: configuration error.
+const EX_CONFIG: u8 = 78;
+
+#[derive(Parser)]
+#[command(
+    name = "smtplink",
+    version,
+    about = "SMTP over any reliable byte stream"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Run an SMTP server that stores mail in Maildirs.
+    Serve {
+        /// Endpoint to listen on (repeatable), e.g. tcp://127.0.0.1:2525.
+        #[arg(long, value_name = "URL")]
+        listen: Vec<String>,
+        /// Root of the Maildirs, one per recipient.
+        #[arg(long, value_name = "DIR")]
+        maildir: Option<PathBuf>,
+        /// Our host name in the greeting and Received: headers.
+        #[arg(long, value_name = "NAME")]
+        hostname: Option<String>,
+        /// TOML config file; flags override it.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Send one message (from FILE or stdin) and report per recipient.
+    Send {
+        /// Server endpoint, e.g. tcp://127.0.0.1:2525.
+        #[arg(long, value_name = "URL")]
+        server: String,
+        /// Envelope sender; an empty string is the null sender <>.
+        #[arg(long, value_name = "ADDR")]
+        from: String,
+        /// Envelope recipient (repeatable).
+        #[arg(long, value_name = "ADDR", required = true)]
+        to: Vec<String>,
+        /// Name to give in EHLO.
+        #[arg(long, value_name = "NAME")]
+        helo: Option<String>,
+        /// Message file (RFC 5322); stdin when absent. LF line endings are
+        /// turned into CRLF; a bare CR is refused.
+        file: Option<PathBuf>,
+    },
+    /// Print the built-in configuration (a starting point for --config).
+    DefaultConfig,
+}
+
+fn registry() -> Registry {
+    Registry::new()
+        .with("tcp", Arc::new(smtplink_tcp::TcpTransport::new()))
+        .with("mem", Arc::new(smtplink_mem::MemTransport::new()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        // A closed stderr (e.g. `serve 2>&1 | head`) must not panic the
+        // logger, or a signal handler that logs would never stop the server.
+        .log_internal_errors(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("smtplink: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Commands::Serve {
+            listen,
+            maildir,
+            hostname,
+            config,
+        } => runtime.block_on(serve(listen, maildir, hostname, config)),
+        Commands::Send {
+            server,
+            from,
+            to,
+            helo,
+            file,
+        } => runtime.block_on(send(server, from, to, helo, file)),
+        Commands::DefaultConfig => {
+            print!("{DEFAULT_CONFIG}");
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+async fn serve(
+    listen: Vec<String>,
+    maildir: Option<PathBuf>,
+    hostname: Option<String>,
+    config_path: Option<PathBuf>,
+) -> ExitCode {
+    let file = match config_path.as_deref().map(config::load).transpose() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("smtplink: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    let mut cfg = match ServeConfig::resolve(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("smtplink: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    if !listen.is_empty() {
+        cfg.listen = listen;
+    }
+    if let Some(m) = maildir {
+        cfg.maildir = m;
+    }
+    if let Some(h) = hostname {
+        cfg.hostname = h;
+    }
+    let registry = registry();
+    let mut listeners = Vec::new();
+    for url in &cfg.listen {
+        let endpoint = match Endpoint::parse(url) {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("smtplink: --listen {url}: {e}");
+                return ExitCode::from(EX_CONFIG);
+            }
+        };
+        match registry.listen(&endpoint).await {
+            Ok(l) => {
+                info!(endpoint = %l.local_endpoint(), maildir = %cfg.maildir.display(), "listening");
+                listeners.push(l);
+            }
+            Err(e) => {
+                eprintln!("smtplink: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let settings = ServerSettings {
+        engine: ServerConfig {
+            hostname: cfg.hostname.clone(),
+            max_command_line: cfg.command_line,
+            max_text_line: cfg.text_line,
+            max_message_size: cfg.message_size,
+            max_recipients: cfg.recipients,
+            max_errors: cfg.errors,
+            bare_line_endings: cfg.bare_line_endings,
+            ..ServerConfig::default()
+        },
+        command_timeout: cfg.command_timeout,
+        data_timeout: cfg.data_timeout,
+        ..ServerSettings::default()
+    };
+    let store = MaildirStore::new(cfg.maildir.clone(), cfg.hostname.clone());
+    let server = Server::new(settings, Arc::new(MaildirBackend::new(store)));
+    let token = server.shutdown_token();
+    let grace = cfg.shutdown_grace;
+    tokio::spawn(async move {
+        wait_for_stop_signal().await;
+        token.cancel();
+        info!("stopping: no new sessions; finishing the ones in flight");
+        tokio::time::sleep(grace).await;
+        warn!(
+            ?grace,
+            "sessions still running after the grace period; exiting"
+        );
+        std::process::exit(i32::from(EX_TEMPFAIL));
+    });
+    server.run(listeners).await;
+    info!("stopped");
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Turns lone LF into CRLF, the way `sendmail` accepts local submissions.
+fn lf_to_crlf(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len() + input.len() / 32);
+    let mut previous = 0u8;
+    for &b in input {
+        if b == b'\n' && previous != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        previous = b;
+    }
+    out
+}
+
+async fn send(
+    server: String,
+    from: String,
+    to: Vec<String>,
+    helo: Option<String>,
+    file: Option<PathBuf>,
+) -> ExitCode {
+    let raw = match &file {
+        Some(path) => std::fs::read(path).map_err(|e| format!("{}: {e}", path.display())),
+        None => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .map(|_| buf)
+                .map_err(|e| format!("stdin: {e}"))
+        }
+    };
+    let body = match raw {
+        Ok(b) => lf_to_crlf(&b),
+        Err(e) => {
+            eprintln!("smtplink: cannot read the message: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let envelope = match Envelope::parse(&from, &to) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("smtplink: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = smtplink_engine::client::check_message(&body) {
+        eprintln!("smtplink: refusing to send: {e}");
+        return ExitCode::FAILURE;
+    }
+    let endpoint = match Endpoint::parse(&server) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("smtplink: --server {server}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let hello_name =
+        helo.unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
+    let settings = ClientSettings {
+        engine: ClientConfig {
+            hello_name,
+            ..ClientConfig::default()
+        },
+        ..ClientSettings::default()
+    };
+    let fail = |e: &dyn std::fmt::Display, transient: bool| {
+        eprintln!("smtplink: {e}");
+        if transient {
+            ExitCode::from(EX_TEMPFAIL)
+        } else {
+            ExitCode::FAILURE
+        }
+    };
+    let link = match registry().connect(&endpoint).await {
+        Ok(l) => l,
+        Err(e) => return fail(&e, e.is_transient()),
+    };
+    let mut client = match SmtpClient::handshake(link, settings).await {
+        Ok(c) => c,
+        Err(e) => return fail(&e, e.is_transient()),
+    };
+    let report = match client.send(envelope, &body).await {
+        Ok(r) => r,
+        Err(e) => return fail(&e, e.is_transient()),
+    };
+    if let Err(e) = client.quit().await {
+        warn!(error = %e, "QUIT failed (the message was already handled)");
+    }
+    for (to, outcome) in &report.recipients {
+        let kind = match outcome {
+            RecipientOutcome::Accepted(_) => "accepted",
+            RecipientOutcome::Transient(_) => "deferred",
+            RecipientOutcome::Permanent(_) => "rejected",
+        };
+        println!("<{to}>: {kind}: {}", outcome.reply());
+    }
+    if report.all_accepted() {
+        ExitCode::SUCCESS
+    } else if report
+        .recipients
+        .iter()
+        .any(|(_, o)| matches!(o, RecipientOutcome::Permanent(_)))
+    {
+        error!("some recipients were rejected");
+        ExitCode::FAILURE
+    } else {
+        ExitCode::from(EX_TEMPFAIL)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lf_to_crlf;
+
+    #[test]
+    fn lone_lf_becomes_crlf_and_crlf_stays() {
+        assert_eq!(lf_to_crlf(b"a\nb\r\nc\n"), b"a\r\nb\r\nc\r\n");
+        assert_eq!(lf_to_crlf(b"a\rb"), b"a\rb");
+    }
+}

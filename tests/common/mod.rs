@@ -1,0 +1,247 @@
+//! Shared pieces of the end-to-end tests: start `smtplink serve`, find real
+//! peers, read Maildirs.
+//!
+//! A missing peer fails the test when `CI=true` and skips it (saying so on
+//! stderr) otherwise.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The `smtplink` binary under test.
+pub fn smtplink() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_smtplink"))
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Where an external tool lives, looking in PATH and the sbin directories
+/// (Postfix puts smtp-sink in /usr/sbin, often not in a user's PATH).
+pub fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Returns the tool's path, or `None` after printing why the test is skipped.
+/// Panics under CI=true: CI installs every peer, so a missing one is a bug.
+pub fn require_tool(name: &str) -> Option<PathBuf> {
+    match find_tool(name) {
+        Some(p) => Some(p),
+        None => skip_or_fail(&format!("{name} is not installed")),
+    }
+}
+
+/// Whether a Python module can be imported.
+pub fn require_python_module(module: &str) -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok || skip_or_fail::<()>(&format!("python3 module {module} is not installed")).is_some()
+}
+
+fn skip_or_fail<T>(why: &str) -> Option<T> {
+    if in_ci() {
+        panic!("{why}; CI must have it (.ci/install-peers.sh installs it)");
+    }
+    eprintln!("SKIPPED: {why} (install with: bash .ci/install-peers.sh)");
+    None
+}
+
+/// A free TCP port on 127.0.0.1 (for peers that cannot report the port
+/// they bound; the tiny race with other processes is acceptable in tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `smtplink serve`, killed on drop.
+pub struct Serve {
+    pub child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub log: mpsc::Receiver<String>,
+}
+
+impl Serve {
+    /// Starts `smtplink serve` on an ephemeral port with its Maildir in a
+    /// fresh temporary directory, plus any extra arguments.
+    pub fn start(extra: &[&str]) -> Serve {
+        let dir = tempfile::tempdir().unwrap();
+        let maildir = dir.path().join("maildir");
+        let mut cmd = smtplink();
+        cmd.args([
+            "serve",
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--hostname",
+            "mx.test",
+        ])
+        .arg("--maildir")
+        .arg(&maildir)
+        .args(extra);
+        Self::spawn(cmd, dir)
+    }
+
+    /// Spawns a prepared `serve` command and waits until it listens.
+    pub fn spawn(mut cmd: Command, dir: tempfile::TempDir) -> Serve {
+        let mut child = cmd
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        // Kill the child if we panic before handing it to `Serve`.
+        struct KillOnPanic(Option<Child>);
+        impl Drop for KillOnPanic {
+            fn drop(&mut self) {
+                if let Some(c) = &mut self.0 {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
+        }
+        let mut guard = KillOnPanic(Some(child));
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[serve] {line}");
+                if tx.send(line).is_err() {
+                    // Keep draining so the child never blocks on stderr.
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let port = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .expect("smtplink serve did not report a listening endpoint");
+            if let Some(rest) = line.split("endpoint=tcp://").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap();
+                break addr.rsplit(':').next().unwrap().parse().unwrap();
+            }
+        };
+        Serve {
+            child: guard.0.take().unwrap(),
+            port,
+            dir,
+            log: rx,
+        }
+    }
+
+    pub fn maildir(&self) -> PathBuf {
+        self.dir.path().join("maildir")
+    }
+
+    pub fn url(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.port)
+    }
+
+    /// Sends SIGINT (Ctrl-C) and waits for the exit status.
+    pub fn interrupt(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-INT", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "serve did not stop on SIGINT");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Files in `<maildir>/<mailbox>/new`, sorted by name.
+pub fn delivered(maildir: &Path, mailbox: &str) -> Vec<PathBuf> {
+    let dir = maildir.join(mailbox).join("new");
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd.map(|e| e.unwrap().path()).collect(),
+        Err(_) => Vec::new(),
+    };
+    files.sort();
+    files
+}
+
+/// Every file under `maildir` (any mailbox, tmp or new).
+pub fn all_files(maildir: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(maildir, &mut out);
+    out
+}
+
+/// Splits a stored message into (trace header block, the rest). The trace
+/// block is the `Return-Path:` field and the `Received:` field with its
+/// folded continuation lines, exactly as `serve` prepends them.
+pub fn split_trace(stored: &[u8]) -> (String, Vec<u8>) {
+    let mut pos = 0;
+    let mut fields = 0;
+    loop {
+        let end = stored[pos..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("trace header line ends in CRLF");
+        let continuation = stored[pos..].starts_with(b"\t") || stored[pos..].starts_with(b" ");
+        if !continuation {
+            fields += 1;
+            if fields == 3 {
+                break;
+            }
+        }
+        pos += end + 2;
+    }
+    (
+        String::from_utf8(stored[..pos].to_vec()).unwrap(),
+        stored[pos..].to_vec(),
+    )
+}
+
+/// Asserts the trace block is what RFC 5321 4.4 asks for.
+pub fn assert_trace(trace: &str, reverse_path: &str) {
+    assert!(
+        trace.starts_with(&format!("Return-Path: <{reverse_path}>\r\nReceived: from ")),
+        "trace headers: {trace:?}"
+    );
+    assert!(
+        trace.contains("by mx.test with"),
+        "trace headers: {trace:?}"
+    );
+}
