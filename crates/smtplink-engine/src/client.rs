@@ -581,6 +581,17 @@ impl ClientSession {
     fn handle_reply(&mut self, reply: Reply) {
         trace!(reply = %reply, "client got reply");
         let Some(expect) = self.expect.pop_front() else {
+            if reply.code() == ReplyCode::SERVICE_NOT_AVAILABLE {
+                // RFC 5321 3.8: a server may say 421 and close at any time,
+                // e.g. when it times out an idle client.
+                return self.fail(
+                    ClientError::Refused {
+                        stage: "idle session",
+                        reply,
+                    },
+                    None,
+                );
+            }
             return self.fail(ClientError::Unexpected(reply), None);
         };
         if reply.code() == ReplyCode::SERVICE_NOT_AVAILABLE && expect != Expect::Quit {
@@ -750,4 +761,46 @@ pub enum SendError {
     /// The session is not ready for a message.
     #[error(transparent)]
     Api(#[from] ApiMisuse),
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn unsolicited_421_while_idle_closes_as_transient() {
+        let mut c = ClientSession::new(ClientConfig::default());
+        c.handle_input(b"220 mx ESMTP\r\n");
+        assert_eq!(c.poll_transmit().unwrap(), &b"EHLO localhost\r\n"[..]);
+        c.handle_input(b"250-mx\r\n250 PIPELINING\r\n");
+        assert!(matches!(c.poll_event(), Some(ClientEvent::Ready(_))));
+        // RFC 5321 3.8: the server may give up on an idle client with 421.
+        c.handle_input(b"421 4.4.2 mx Timeout, closing connection\r\n");
+        assert!(c.is_closed());
+        let e = c.error().unwrap();
+        assert!(matches!(e, ClientError::Refused { .. }), "{e:?}");
+        assert!(e.is_transient());
+    }
+
+    #[test]
+    fn check_message_finds_bare_endings_and_long_lines() {
+        assert_eq!(check_message(b"a\r\nb\r\n"), Ok(false));
+        assert_eq!(check_message(b"\xc3\xa9\r\n"), Ok(true));
+        assert_eq!(
+            check_message(b"a\nb"),
+            Err(MessageError::BareLineEnding { offset: 1 })
+        );
+        assert_eq!(
+            check_message(b"a\r\rb"),
+            Err(MessageError::BareLineEnding { offset: 1 })
+        );
+        let mut long = vec![b'x'; 999];
+        long.extend_from_slice(b"\r\n");
+        assert!(matches!(
+            check_message(&long),
+            Err(MessageError::LineTooLong { line: 1, .. })
+        ));
+        assert!(check_message(&long[1..]).is_ok());
+    }
 }

@@ -18,7 +18,7 @@ pub enum BareLineEndingPolicy {
     #[default]
     Normalize,
     /// Refuse: a command line with one gets 500; a message with one is read
-    /// to its end and then refused with 550 5.6.0.
+    /// to its end and then refused with 554 5.6.0.
     Reject,
 }
 
@@ -177,11 +177,16 @@ impl DataDecoder {
                             input.advance(3);
                             return DataProgress::End;
                         }
-                        // Un-stuff: drop the leading dot (RFC 5321 4.5.2).
-                        // It does not count towards the line limit: 4.5.3.1.6
-                        // is 1000 octets "not counting the leading dot
-                        // duplicated for transparency".
-                        input.advance(1);
+                        // Un-stuff: RFC 5321 4.5.2 deletes the leading dot
+                        // only "if there are other characters on the line";
+                        // a lone dot that is not the terminator (its line
+                        // or the one before ended bare) stays content.
+                        // The deleted dot does not count towards the line
+                        // limit: 4.5.3.1.6 is 1000 octets "not counting the
+                        // leading dot duplicated for transparency".
+                        if !matches!(input[1], b'\r' | b'\n') {
+                            input.advance(1);
+                        }
                     }
                     Some(_) => {}
                 }

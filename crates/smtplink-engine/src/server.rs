@@ -225,6 +225,9 @@ pub struct ServerSession {
     data_out: BytesMut,
     errors: usize,
     discarding_long_line: bool,
+    /// The last MAIL was refused. A pipelining client has already sent its
+    /// RCPTs and DATA (RFC 2920); their 503s are expected, not errors.
+    mail_refused: bool,
 }
 
 impl ServerSession {
@@ -248,6 +251,7 @@ impl ServerSession {
             data_out: BytesMut::new(),
             errors: 0,
             discarding_long_line: false,
+            mail_refused: false,
         };
         s.send(&greeting);
         s
@@ -259,6 +263,10 @@ impl ServerSession {
     }
 
     /// Feeds bytes received from the client.
+    ///
+    /// While a decision is pending the bytes are only buffered, so answer
+    /// decisions before reading more from the link (the drivers do), or the
+    /// buffer grows with whatever the peer sends.
     pub fn handle_input(&mut self, data: &[u8]) {
         if self.phase == Phase::Closed {
             return;
@@ -354,7 +362,7 @@ impl ServerSession {
         };
         self.send(&Reply::new(ReplyCode::OK, enhanced, text));
         match pending {
-            Pending::Mail => {}
+            Pending::Mail => self.mail_refused = false,
             Pending::Rcpt => {
                 if let Some(txn) = &mut self.txn {
                     if let Some(to) = txn.pending_rcpt.take() {
@@ -439,6 +447,16 @@ impl ServerSession {
                 ),
                 CloseReason::TooManyErrors,
             );
+        }
+    }
+
+    /// RCPT or DATA without a transaction: a protocol error, unless it
+    /// follows a refused MAIL in a pipelined batch.
+    fn no_transaction(&mut self, text: &str) {
+        if self.mail_refused {
+            self.reply(ReplyCode::BAD_SEQUENCE, (5, 5, 1), text);
+        } else {
+            self.sequence_error(text);
         }
     }
 
@@ -539,6 +557,10 @@ impl ServerSession {
             Ok(c) => c,
             Err(e) => {
                 debug!(error = ?e, "bad command");
+                if line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"MAIL") && self.txn.is_none()
+                {
+                    self.mail_refused = true;
+                }
                 self.protocol_error(e.reply());
                 return;
             }
@@ -579,6 +601,7 @@ impl ServerSession {
     }
 
     fn reset_transaction(&mut self) {
+        self.mail_refused = false;
         if self.txn.take().is_some() {
             self.events.push_back(ServerEvent::TransactionReset);
         }
@@ -611,11 +634,13 @@ impl ServerSession {
     }
 
     fn mail(&mut self, from: ReversePath, params: MailParams) {
-        if self.helo.is_none() {
-            return self.sequence_error("Send EHLO or HELO first");
-        }
         if self.txn.is_some() {
             return self.sequence_error("Nested MAIL command");
+        }
+        // Until the application accepts it.
+        self.mail_refused = true;
+        if self.helo.is_none() {
+            return self.sequence_error("Send EHLO or HELO first");
         }
         if params
             .size
@@ -649,7 +674,7 @@ impl ServerSession {
     fn rcpt(&mut self, to: ForwardPath, params: RcptParams) {
         let max = self.config.max_recipients;
         let Some(txn) = &mut self.txn else {
-            return self.sequence_error("Need MAIL before RCPT");
+            return self.no_transaction("Need MAIL before RCPT");
         };
         txn.rcpt_attempted = true;
         if txn.recipients.len() >= max {
@@ -667,7 +692,7 @@ impl ServerSession {
 
     fn data(&mut self) {
         let Some(txn) = &self.txn else {
-            return self.sequence_error("Need MAIL before DATA");
+            return self.no_transaction("Need MAIL before DATA");
         };
         if txn.recipients.is_empty() {
             if txn.rcpt_attempted {

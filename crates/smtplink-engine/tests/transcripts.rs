@@ -57,6 +57,7 @@ transcript_tests!(
     reject_with_421,
     bare_line_endings_commands,
     bare_line_endings_reject,
+    pipelined_refused_mail,
 );
 
 // The runner must be able to fail: a transcript that is wrong in each way
