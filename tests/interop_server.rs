@@ -59,6 +59,24 @@ fn assert_stored(server: &Serve, mailbox: &str, from: &str, message: &[u8]) -> S
     trace
 }
 
+/// Python: a raw socket session to port argv[1] up to a 354 for DATA
+/// (EHLO, MAIL, one RCPT to bob@example.net). `s` is the socket and
+/// `reply()` reads one whole reply.
+const RAW_SESSION_TO_DATA: &str = r#"
+import socket, sys
+s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))
+f = s.makefile('rb')
+def reply():
+    while True:
+        line = f.readline()
+        if line[3:4] != b'-':
+            return line
+reply()
+for cmd in [b'EHLO client.test', b'MAIL FROM:<a@example.org>', b'RCPT TO:<bob@example.net>', b'DATA']:
+    s.sendall(cmd + b'\r\n'); r = reply()
+assert r.startswith(b'354'), r
+"#;
+
 fn simple_message(subject: &str) -> Vec<u8> {
     format!(
         "From: Alice <alice@example.org>\r\nTo: Bob <bob@example.net>\r\nSubject: {subject}\r\n\
@@ -234,25 +252,16 @@ fn link_cut_mid_data_stores_nothing() {
         return;
     }
     let server = Serve::start(&[]);
-    let script = r#"
-import socket, sys
-s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))
-f = s.makefile('rb')
-def reply():
-    while True:
-        line = f.readline()
-        if line[3:4] != b'-':
-            return line
-reply()
-for cmd in [b'EHLO client.test', b'MAIL FROM:<a@example.org>', b'RCPT TO:<bob@example.net>', b'DATA']:
-    s.sendall(cmd + b'\r\n'); r = reply()
-assert r.startswith(b'354'), r
+    let script = format!(
+        "{RAW_SESSION_TO_DATA}{}",
+        r#"
 s.sendall(b'Subject: cut\r\n\r\n' + b'x' * 100000 + b'\r\n')
 s.close()
 print('cut')
-"#;
+"#
+    );
     let out = Command::new("python3")
-        .args(["-c", script, &server.port.to_string()])
+        .args(["-c", &script, &server.port.to_string()])
         .output()
         .unwrap();
     assert!(
@@ -291,27 +300,19 @@ fn ctrl_c_finishes_the_message_in_flight() {
         return;
     }
     let server = Serve::start(&[]);
-    let script = r#"
-import socket, sys
-s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))
-f = s.makefile('rb')
-def reply():
-    while True:
-        line = f.readline()
-        if line[3:4] != b'-':
-            return line
-reply()
-for cmd in [b'EHLO client.test', b'MAIL FROM:<a@example.org>', b'RCPT TO:<bob@example.net>', b'DATA']:
-    s.sendall(cmd + b'\r\n'); reply()
+    let script = format!(
+        "{RAW_SESSION_TO_DATA}{}",
+        r#"
 s.sendall(b'Subject: in flight\r\n\r\nfirst half\r\n')
 print('in-data', flush=True)
 sys.stdin.readline()
 s.sendall(b'second half\r\n.\r\n')
 print(reply().decode().strip(), flush=True)
 print(reply().decode().strip(), flush=True)
-"#;
+"#
+    );
     let mut client = Command::new("python3")
-        .args(["-c", script, &server.port.to_string()])
+        .args(["-c", &script, &server.port.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()

@@ -197,8 +197,7 @@ impl MessageWriter {
     /// for every other mailbox create `tmp/`, `new/`, `cur/` as needed and
     /// hard-link the file into its `tmp/` (copy and fsync instead if the
     /// link fails, e.g. across file systems); rename each `tmp/` file into
-    /// `new/` as `<unique>,S=<size>`; fsync every `tmp/` and `new/`
-    /// directory. Only when all of that succeeded is the message stored.
+    /// `new/` as `<unique>,S=<size>`; fsync every `new/` directory. Only when all of that succeeded is the message stored.
     ///
     /// On failure no file is left in any `tmp/` or `new/`: files already
     /// renamed into `new/` are unlinked again, so a retry by the client does
@@ -341,9 +340,10 @@ impl Txn {
             self.published.push(target.new.clone());
         }
 
-        for target in &targets {
-            sync_dir(&target.maildir.join("tmp"))?;
-        }
+        // Only new/ is fsync'd: the message is durable once its new/ entry
+        // is. A tmp/ entry that a crash resurrects is a stale name for the
+        // same file, which Maildir readers never look at (and cleaners
+        // remove), so syncing tmp/ would cost a seek and buy nothing.
         for target in &targets {
             sync_dir(&target.maildir.join("new"))?;
         }
