@@ -75,19 +75,36 @@ pub struct ConfigError(pub String);
 /// Parses TOML text, naming `origin`, the line and the key on error.
 pub fn parse(origin: &str, text: &str) -> Result<ConfigFile, ConfigError> {
     toml::from_str(text).map_err(|e| {
-        let message = e.message().to_string();
+        // serde speaks Rust; say what a config author writes instead.
+        let message = e
+            .message()
+            .trim()
+            .replace('\n', "; ")
+            .replace("expected usize", "expected a whole number")
+            .replace("expected u64", "expected a whole number")
+            .replace("expected a sequence", "expected a list like [\"...\"]");
         let Some(span) = e.span() else {
             return ConfigError(format!("{origin}: {message}"));
         };
         let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
-        let line = text.lines().nth(line_no - 1).unwrap_or("");
+        let lines: Vec<&str> = text.lines().collect();
+        let line = lines.get(line_no - 1).copied().unwrap_or("");
         let key = line.split('=').next().unwrap_or("").trim();
-        let key = if key.is_empty() || key.starts_with('[') {
-            String::new()
-        } else {
-            format!(" key `{key}`:")
+        if key.is_empty() || key.starts_with('[') || !line.contains('=') {
+            return ConfigError(format!("{origin}:{line_no}: {message}"));
+        }
+        // Name the key with its table, as a user would write it elsewhere.
+        let section = lines[..line_no - 1]
+            .iter()
+            .rev()
+            .map(|l| l.trim())
+            .find(|l| l.starts_with('[') && l.ends_with(']'))
+            .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim());
+        let key = match section {
+            Some(section) => format!("{section}.{key}"),
+            None => key.to_string(),
         };
-        ConfigError(format!("{origin}:{line_no}:{key} {message}"))
+        ConfigError(format!("{origin}:{line_no}: key `{key}`: {message}"))
     })
 }
 
@@ -99,8 +116,9 @@ pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
 }
 
 impl ServeConfig {
-    /// The embedded defaults overlaid with `file`.
-    pub fn resolve(file: Option<ConfigFile>) -> Result<Self, ConfigError> {
+    /// The embedded defaults overlaid with `file` (read from `origin`, which
+    /// errors name).
+    pub fn resolve(origin: &str, file: Option<ConfigFile>) -> Result<Self, ConfigError> {
         let defaults = parse("(built-in default config)", DEFAULT_CONFIG)?;
         let file = file.unwrap_or_default();
         let missing = |key: &str| ConfigError(format!("built-in config lacks `{key}`"));
@@ -119,6 +137,11 @@ impl ServeConfig {
         let mut hostname: String = pick!(hostname);
         if hostname.is_empty() {
             hostname = gethostname::gethostname().to_string_lossy().into_owned();
+            // A machine name that is no domain (e.g. with '_') must not stop
+            // the default config from starting.
+            if smtplink_engine::Domain::parse(&hostname, false).is_err() {
+                hostname = "localhost".into();
+            }
         }
         let config = Self {
             listen,
@@ -137,26 +160,68 @@ impl ServeConfig {
             data_timeout: Duration::from_secs(pick!(timeouts.data)),
             shutdown_grace: Duration::from_secs(pick!(timeouts.shutdown_grace)),
         };
-        config.check()?;
+        config
+            .check()
+            .map_err(|e| ConfigError(format!("{origin}: {}", e.0)))?;
         Ok(config)
     }
 
-    fn check(&self) -> Result<(), ConfigError> {
+    /// Checks values against the RFC minimums and common sense; call again
+    /// after command-line flags changed anything.
+    pub fn check(&self) -> Result<(), ConfigError> {
         // The RFC minimums: a server that accepts less breaks conforming clients.
-        let rules: [(&str, usize, usize); 3] = [
-            ("limits.command_line", self.command_line, 512),
-            ("limits.text_line", self.text_line, 1000),
-            ("limits.recipients", self.recipients, 1),
+        let rules: [(&str, u64, u64, &str); 7] = [
+            (
+                "limits.command_line",
+                self.command_line as u64,
+                512,
+                "RFC 5321 4.5.3.1.4",
+            ),
+            (
+                "limits.text_line",
+                self.text_line as u64,
+                1000,
+                "RFC 5321 4.5.3.1.6",
+            ),
+            (
+                "limits.recipients",
+                self.recipients as u64,
+                1,
+                "at least one",
+            ),
+            ("limits.errors", self.errors as u64, 1, "at least one"),
+            // SIZE 0 would advertise "no limit" (RFC 1870) and refuse everything.
+            (
+                "limits.message_size",
+                self.message_size,
+                1,
+                "SIZE 0 means no limit",
+            ),
+            (
+                "timeouts.command",
+                self.command_timeout.as_secs(),
+                1,
+                "seconds; RFC 5321 4.5.3.2.7 suggests 300",
+            ),
+            (
+                "timeouts.data",
+                self.data_timeout.as_secs(),
+                1,
+                "seconds; RFC 5321 4.5.3.2.7 suggests 300",
+            ),
         ];
-        for (key, value, min) in rules {
+        for (key, value, min, why) in rules {
             if value < min {
                 return Err(ConfigError(format!(
-                    "`{key}` = {value} is below the minimum {min}"
+                    "`{key}` = {value} is below the minimum {min} ({why})"
                 )));
             }
         }
-        if self.errors == 0 {
-            return Err(ConfigError("`limits.errors` must be at least 1".into()));
+        if smtplink_engine::Domain::parse(&self.hostname, false).is_err() {
+            return Err(ConfigError(format!(
+                "`hostname` = {:?} is not a valid domain name; set one with --hostname",
+                self.hostname
+            )));
         }
         Ok(())
     }
@@ -169,7 +234,7 @@ mod tests {
 
     #[test]
     fn embedded_default_parses_and_resolves() {
-        let c = ServeConfig::resolve(None).unwrap();
+        let c = ServeConfig::resolve("t", None).unwrap();
         assert_eq!(c.listen, ["tcp://127.0.0.1:2525"]);
         assert_eq!(c.maildir, PathBuf::from("./maildir"));
         assert_eq!(c.message_size, 25 * 1024 * 1024);
@@ -183,7 +248,7 @@ mod tests {
             "hostname = \"mx.example\"\n[limits]\nrecipients = 5\n",
         )
         .unwrap();
-        let c = ServeConfig::resolve(Some(f)).unwrap();
+        let c = ServeConfig::resolve("t.toml", Some(f)).unwrap();
         assert_eq!(c.hostname, "mx.example");
         assert_eq!(c.recipients, 5);
         assert_eq!(c.errors, 10);
@@ -196,13 +261,16 @@ mod tests {
             "hostname = \"x\"\n[limits]\nrecipients = \"many\"\n",
         )
         .unwrap_err();
-        assert!(e.0.starts_with("site.toml:3: key `recipients`:"), "{e}");
+        assert!(
+            e.0.starts_with("site.toml:3: key `limits.recipients`:"),
+            "{e}"
+        );
         let e = parse("site.toml", "\n\nlisten_on = []\n").unwrap_err();
         assert!(e.0.starts_with("site.toml:3: key `listen_on`:"), "{e}");
         assert!(e.0.contains("unknown field"), "{e}");
         let e = parse("site.toml", "[limits]\nbare_line_endings = \"sometimes\"\n").unwrap_err();
         assert!(
-            e.0.starts_with("site.toml:2: key `bare_line_endings`:"),
+            e.0.starts_with("site.toml:2: key `limits.bare_line_endings`:"),
             "{e}"
         );
     }
@@ -210,7 +278,18 @@ mod tests {
     #[test]
     fn limits_below_rfc_minimum_are_refused() {
         let f = parse("t.toml", "[limits]\ncommand_line = 100\n").unwrap();
-        let e = ServeConfig::resolve(Some(f)).unwrap_err();
-        assert!(e.0.contains("limits.command_line"), "{e}");
+        let e = ServeConfig::resolve("t.toml", Some(f)).unwrap_err();
+        assert!(
+            e.0.starts_with("t.toml: `limits.command_line` = 100"),
+            "{e}"
+        );
+        for bad in [
+            "[timeouts]\ncommand = 0\n",
+            "[limits]\nmessage_size = 0\n",
+            "hostname = \"bad host\"\n",
+        ] {
+            let f = parse("t.toml", bad).unwrap();
+            assert!(ServeConfig::resolve("t.toml", Some(f)).is_err(), "{bad}");
+        }
     }
 }

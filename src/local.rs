@@ -131,7 +131,12 @@ impl SessionHandler for MaildirSession {
         let trace = TraceInfo {
             reverse_path: self.reverse_path.clone(),
             helo: info.helo.clone(),
-            peer: info.link.peer.clone(),
+            // RFC 5321 4.4 TCP-info is an address literal, optionally after
+            // a name: give the IP alone when there is one (never "ip:port").
+            peer: info
+                .link
+                .peer_ip
+                .map_or_else(|| info.link.peer.clone(), |ip| ip.to_string()),
             peer_ip: info.link.peer_ip,
             protocol: protocol.into(),
             id,
@@ -161,11 +166,14 @@ impl SessionHandler for MaildirSession {
             return Err(storage_failure(&MaildirError::IncompleteMessage));
         };
         let recipients = std::mem::take(&mut self.recipients);
-        let size = writer.total_size();
+        let file_size = writer.total_size();
         let count = recipients.len();
         let paths = blocking(move || writer.commit(&recipients)).await?;
-        info!(session = %info.id, size, recipients = count, copies = paths.len(), "stored");
-        Ok(format!("Message stored ({} copies)", paths.len()))
+        info!(session = %info.id, file_size, recipients = count, mailboxes = paths.len(), "stored");
+        Ok(match paths.len() {
+            1 => "Message stored in 1 mailbox".to_string(),
+            n => format!("Message stored in {n} mailboxes"),
+        })
     }
 
     async fn abort(&mut self) {

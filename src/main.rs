@@ -12,8 +12,8 @@ use clap::{Parser, Subcommand};
 use smtplink_driver::{ClientSettings, Server, ServerSettings, SmtpClient};
 use smtplink_engine::{ClientConfig, Envelope, RecipientOutcome, ServerConfig};
 use smtplink_maildir::MaildirStore;
-use smtplink_transport::{Endpoint, Registry};
-use tracing::{error, info, warn};
+use smtplink_transport::{Endpoint, Registry, TransportError};
+use tracing::{info, warn};
 
 use crate::config::{ServeConfig, DEFAULT_CONFIG};
 use crate::local::MaildirBackend;
@@ -37,14 +37,20 @@ struct Cli {
 #[derive(Subcommand)]
 enum Commands {
     /// Run an SMTP server that stores mail in Maildirs.
+    ///
+    /// With no flags and no --config: listens on tcp://127.0.0.1:2525 and
+    /// stores into ./maildir. Logs go to stderr (RUST_LOG=debug for more).
+    /// Ctrl-C stops accepting and lets sessions finish their message; a
+    /// second Ctrl-C quits at once. Exit status 78 is a configuration error.
     Serve {
-        /// Endpoint to listen on (repeatable), e.g. tcp://127.0.0.1:2525.
+        /// Endpoint to listen on (repeatable) [default: tcp://127.0.0.1:2525]
         #[arg(long, value_name = "URL")]
         listen: Vec<String>,
-        /// Root of the Maildirs, one per recipient.
+        /// Root of the Maildirs, one per recipient [default: ./maildir]
         #[arg(long, value_name = "DIR")]
         maildir: Option<PathBuf>,
-        /// Our host name in the greeting and Received: headers.
+        /// Our host name in the greeting and Received: headers [default: the
+        /// machine's host name]
         #[arg(long, value_name = "NAME")]
         hostname: Option<String>,
         /// TOML config file; flags override it.
@@ -52,6 +58,11 @@ enum Commands {
         config: Option<PathBuf>,
     },
     /// Send one message (from FILE or stdin) and report per recipient.
+    ///
+    /// Exit status: 0 when every recipient accepted the message, 75
+    /// (EX_TEMPFAIL) when some failed only temporarily (or the server could
+    /// not be reached), 1 when some were refused or the message cannot be
+    /// sent as it is.
     Send {
         /// Server endpoint, e.g. tcp://127.0.0.1:2525.
         #[arg(long, value_name = "URL")]
@@ -74,9 +85,23 @@ enum Commands {
 }
 
 fn registry() -> Registry {
+    let tcp = Arc::new(smtplink_tcp::TcpTransport::new());
     Registry::new()
-        .with("tcp", Arc::new(smtplink_tcp::TcpTransport::new()))
+        // `smtp://` is what curl users type first; it is plain TCP.
+        .with("smtp", tcp.clone())
+        .with("tcp", tcp)
         .with("mem", Arc::new(smtplink_mem::MemTransport::new()))
+}
+
+/// Parses an endpoint URL; a bare `host:port` gets a hint.
+fn parse_endpoint(url: &str) -> Result<Endpoint, String> {
+    Endpoint::parse(url).map_err(|e| {
+        if !url.contains("://") && url.contains(':') {
+            format!("{e} (did you mean tcp://{url}?)")
+        } else {
+            e.to_string()
+        }
+    })
 }
 
 fn main() -> ExitCode {
@@ -136,7 +161,11 @@ async fn serve(
             return ExitCode::from(EX_CONFIG);
         }
     };
-    let mut cfg = match ServeConfig::resolve(file) {
+    let origin = config_path.as_ref().map_or_else(
+        || "built-in config".to_string(),
+        |p| p.display().to_string(),
+    );
+    let mut cfg = match ServeConfig::resolve(&origin, file) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("smtplink: {e}");
@@ -152,13 +181,22 @@ async fn serve(
     if let Some(h) = hostname {
         cfg.hostname = h;
     }
+    if let Err(e) = cfg.check() {
+        eprintln!("smtplink: {e}");
+        return ExitCode::from(EX_CONFIG);
+    }
+    // Fail now, not at the first message, when the Maildir root is unusable.
+    if let Err(e) = std::fs::create_dir_all(&cfg.maildir) {
+        eprintln!("smtplink: maildir {}: {e}", cfg.maildir.display());
+        return ExitCode::from(EX_CONFIG);
+    }
     let registry = registry();
     let mut listeners = Vec::new();
     for url in &cfg.listen {
-        let endpoint = match Endpoint::parse(url) {
+        let endpoint = match parse_endpoint(url) {
             Ok(e) => e,
             Err(e) => {
-                eprintln!("smtplink: --listen {url}: {e}");
+                eprintln!("smtplink: listen: {e}");
                 return ExitCode::from(EX_CONFIG);
             }
         };
@@ -169,7 +207,11 @@ async fn serve(
             }
             Err(e) => {
                 eprintln!("smtplink: {e}");
-                return ExitCode::FAILURE;
+                let config_error = matches!(
+                    e,
+                    TransportError::UnknownScheme { .. } | TransportError::InvalidEndpoint { .. }
+                );
+                return ExitCode::from(if config_error { EX_CONFIG } else { 1 });
             }
         }
     }
@@ -264,7 +306,9 @@ async fn send(
     let envelope = match Envelope::parse(&from, &to) {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("smtplink: {e}");
+            eprintln!(
+                "smtplink: {e}\n  (--from and --to take bare addresses such as you@example.net)"
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -272,7 +316,7 @@ async fn send(
         eprintln!("smtplink: refusing to send: {e}");
         return ExitCode::FAILURE;
     }
-    let endpoint = match Endpoint::parse(&server) {
+    let endpoint = match parse_endpoint(&server) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("smtplink: --server {server}: {e}");
@@ -319,14 +363,25 @@ async fn send(
         };
         println!("<{to}>: {kind}: {}", outcome.reply());
     }
+    let accepted = report
+        .recipients
+        .iter()
+        .filter(|(_, o)| matches!(o, RecipientOutcome::Accepted(_)))
+        .count();
     if report.all_accepted() {
-        ExitCode::SUCCESS
-    } else if report
+        return ExitCode::SUCCESS;
+    }
+    if accepted > 0 {
+        eprintln!(
+            "smtplink: {accepted} recipient(s) accepted the message; resend only to the others, \
+             or they get it twice"
+        );
+    }
+    if report
         .recipients
         .iter()
         .any(|(_, o)| matches!(o, RecipientOutcome::Permanent(_)))
     {
-        error!("some recipients were rejected");
         ExitCode::FAILURE
     } else {
         ExitCode::from(EX_TEMPFAIL)

@@ -26,7 +26,10 @@ fn config_errors_name_the_file_the_line_and_the_key() {
     // sysexits.h EX_CONFIG.
     assert_eq!(out.status.code(), Some(78), "{stderr}");
     assert!(
-        stderr.contains(&format!("{}:3: key `recipients`:", path.display())),
+        stderr.contains(&format!(
+            "{}:3: key `limits.recipients`: invalid type: string \"many\", expected a whole number",
+            path.display()
+        )),
         "{stderr}"
     );
 

@@ -344,6 +344,10 @@ fn readme_first_command_with_curl() {
     let Some(curl) = require_tool("curl") else {
         return;
     };
+    assert!(
+        std::net::TcpListener::bind("127.0.0.1:2525").is_ok(),
+        "port 2525 is busy: is a `smtplink serve` from the README still running? Stop it first"
+    );
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = smtplink();
     cmd.arg("serve").current_dir(dir.path());

@@ -44,10 +44,17 @@ impl Default for ServerSettings {
 
 static SESSION_COUNTER: AtomicU64 = AtomicU64::new(1);
 
-/// A process-unique session id: base-36 time at start of the process would
-/// be nicer to read, but a counter is unique, short and deterministic.
+/// A session id unique across restarts (it goes into Received: ids and
+/// logs): the process start time in hex, then a counter.
 fn next_session_id() -> String {
-    format!("S{:06}", SESSION_COUNTER.fetch_add(1, Ordering::Relaxed))
+    static EPOCH: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    });
+    let n = SESSION_COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{epoch:X}.{n}")
 }
 
 /// How a session ended, for logs and tests.
