@@ -64,6 +64,8 @@ pub struct Capabilities {
     pub smtputf8: bool,
     /// ENHANCEDSTATUSCODES (RFC 2034).
     pub enhanced_status_codes: bool,
+    /// DSN (RFC 3461).
+    pub dsn: bool,
     /// Every keyword line as offered (upper-cased keyword, then its arguments).
     pub raw: Vec<String>,
 }
@@ -88,6 +90,7 @@ impl Capabilities {
                 "8BITMIME" => caps.eightbitmime = true,
                 "SMTPUTF8" => caps.smtputf8 = true,
                 "ENHANCEDSTATUSCODES" => caps.enhanced_status_codes = true,
+                "DSN" => caps.dsn = true,
                 _ => {}
             }
             caps.raw.push(line.trim().to_string());
@@ -103,6 +106,12 @@ pub struct Envelope {
     pub from: ReversePath,
     /// RCPT TO, in order.
     pub to: Vec<ForwardPath>,
+    /// DSN parameters for MAIL (RET, ENVID), sent only when the server
+    /// offers DSN (RFC 3461).
+    pub dsn: MailParams,
+    /// DSN parameters per recipient (NOTIFY, ORCPT), in the order of `to`;
+    /// may be shorter (missing ones are empty). Sent only when offered.
+    pub rcpt_params: Vec<RcptParams>,
 }
 
 impl Envelope {
@@ -139,6 +148,8 @@ impl Envelope {
         Ok(Self {
             from: from_path,
             to: paths,
+            dsn: MailParams::default(),
+            rcpt_params: Vec::new(),
         })
     }
 
@@ -498,6 +509,10 @@ impl ClientSession {
             }
             params.smtputf8 = true;
         }
+        if caps.dsn {
+            params.ret = envelope.dsn.ret;
+            params.envid = envelope.dsn.envid.clone();
+        }
         let pipelined = self.config.pipelining && caps.pipelining;
         let txn = Transaction {
             rcpts: vec![None; envelope.to.len()],
@@ -515,14 +530,9 @@ impl ClientSession {
             Expect::Mail,
         );
         if pipelined {
-            for (i, to) in txn.envelope.to.iter().enumerate() {
-                self.command(
-                    &Command::Rcpt {
-                        to: to.clone(),
-                        params: RcptParams::default(),
-                    },
-                    Expect::Rcpt(i),
-                );
+            for i in 0..txn.envelope.to.len() {
+                let rcpt = rcpt_command(&txn.envelope, i, self.capabilities.dsn);
+                self.command(&rcpt, Expect::Rcpt(i));
             }
             self.command(&Command::Data, Expect::Data);
         }
@@ -684,14 +694,8 @@ impl ClientSession {
             return;
         }
         if ok {
-            let to = txn.envelope.to[0].clone();
-            self.command(
-                &Command::Rcpt {
-                    to,
-                    params: RcptParams::default(),
-                },
-                Expect::Rcpt(0),
-            );
+            let rcpt = rcpt_command(&txn.envelope, 0, self.capabilities.dsn);
+            self.command(&rcpt, Expect::Rcpt(0));
         } else {
             self.finish_transaction();
         }
@@ -705,14 +709,9 @@ impl ClientSession {
         if txn.pipelined {
             return;
         }
-        if let Some(to) = txn.envelope.to.get(i + 1).cloned() {
-            self.command(
-                &Command::Rcpt {
-                    to,
-                    params: RcptParams::default(),
-                },
-                Expect::Rcpt(i + 1),
-            );
+        if i + 1 < txn.envelope.to.len() {
+            let rcpt = rcpt_command(&txn.envelope, i + 1, self.capabilities.dsn);
+            self.command(&rcpt, Expect::Rcpt(i + 1));
         } else if txn.any_rcpt_accepted() {
             self.command(&Command::Data, Expect::Data);
         } else {
@@ -751,6 +750,19 @@ impl ClientSession {
     }
 }
 
+/// The RCPT command for recipient `i`, with its DSN parameters only when
+/// the server offers DSN (never send what was not advertised).
+fn rcpt_command(envelope: &Envelope, i: usize, dsn: bool) -> Command {
+    let params = match envelope.rcpt_params.get(i) {
+        Some(p) if dsn => p.clone(),
+        _ => RcptParams::default(),
+    };
+    Command::Rcpt {
+        to: envelope.to[i].clone(),
+        params,
+    }
+}
+
 /// Why [`ClientSession::send`] refused a message.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
@@ -781,6 +793,35 @@ mod tests {
         let e = c.error().unwrap();
         assert!(matches!(e, ClientError::Refused { .. }), "{e:?}");
         assert!(e.is_transient());
+    }
+
+    /// RFC 3461 parameters go out only to a server that offers DSN.
+    #[test]
+    fn dsn_parameters_only_when_offered() {
+        for (ehlo, expect_dsn) in [
+            (&b"250-mx\r\n250 DSN\r\n"[..], true),
+            (&b"250 mx\r\n"[..], false),
+        ] {
+            let mut c = ClientSession::new(ClientConfig::default());
+            c.handle_input(b"220 mx ESMTP\r\n");
+            let _ = c.poll_transmit();
+            c.handle_input(ehlo);
+            let mut env = Envelope::parse("a@example.org", &["b@example.net"]).unwrap();
+            env.dsn.ret = Some(crate::Ret::Hdrs);
+            env.dsn.envid = Some("id 1".into());
+            env.rcpt_params = vec![RcptParams {
+                notify: Some(vec![crate::Notify::Failure]),
+                orcpt: Some(("rfc822".into(), "b@example.net".into())),
+            }];
+            c.send(env, b"x\r\n").unwrap();
+            let mut wire = c.poll_transmit().unwrap().to_vec();
+            c.handle_input(b"250 ok\r\n");
+            wire.extend_from_slice(&c.poll_transmit().unwrap());
+            let wire = String::from_utf8(wire).unwrap();
+            let with = "MAIL FROM:<a@example.org> RET=HDRS ENVID=id+201\r\nRCPT TO:<b@example.net> NOTIFY=FAILURE ORCPT=rfc822;b@example.net\r\n";
+            let without = "MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\n";
+            assert_eq!(wire, if expect_dsn { with } else { without });
+        }
     }
 
     #[test]

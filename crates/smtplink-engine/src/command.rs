@@ -62,6 +62,8 @@ pub struct ParseOptions {
     pub smtputf8: bool,
     /// The current transaction's MAIL carried SMTPUTF8 (RCPT may be UTF-8).
     pub utf8_transaction: bool,
+    /// DSN was advertised (RFC 3461: RET, ENVID, NOTIFY, ORCPT).
+    pub dsn: bool,
 }
 
 /// A command line the server answers with an error reply.
@@ -218,7 +220,10 @@ impl Command {
                 s.push_str(&format!(" FROM:<{from}>"));
                 params.write_to(&mut s);
             }
-            Command::Rcpt { to, .. } => s.push_str(&format!(" TO:<{to}>")),
+            Command::Rcpt { to, params } => {
+                s.push_str(&format!(" TO:<{to}>"));
+                params.write_to(&mut s);
+            }
             Command::Vrfy(a) | Command::Expn(a) | Command::Help(Some(a)) => {
                 s.push(' ');
                 s.push_str(a);
@@ -288,6 +293,7 @@ fn parse_mail(rest: &str, opts: &ParseOptions) -> Result<Command, CommandError> 
         "SIZE" => opts.size,
         "BODY" => opts.eightbitmime,
         "SMTPUTF8" => opts.smtputf8,
+        "RET" | "ENVID" => opts.dsn,
         _ => false,
     })?;
     let from = ReversePath::parse(path, params.smtputf8).map_err(|e| match e {
@@ -303,7 +309,10 @@ fn parse_rcpt(rest: &str, opts: &ParseOptions) -> Result<Command, CommandError> 
     ))?;
     let (path, params) =
         split_path(rest).ok_or(CommandError::BadRecipient(AddressError::MissingBrackets))?;
-    let params = RcptParams::parse(params)?;
+    if !opts.esmtp && !params.trim().is_empty() {
+        return Err(CommandError::UnknownParameter(params.trim().to_string()));
+    }
+    let params = RcptParams::parse(params, opts.dsn)?;
     let to = ForwardPath::parse(path, opts.utf8_transaction).map_err(|e| match e {
         AddressError::NonAscii => CommandError::NonAsciiAddress,
         e => CommandError::BadRecipient(e),
@@ -322,6 +331,7 @@ mod tests {
         eightbitmime: true,
         smtputf8: true,
         utf8_transaction: false,
+        dsn: false,
     };
 
     fn parse(s: &str) -> Result<Command, CommandError> {

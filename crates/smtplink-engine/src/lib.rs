@@ -37,6 +37,6 @@ pub use client::{
 pub use command::{Command, CommandError, ParseOptions};
 pub use data::{BareLineEndingPolicy, DataFault};
 pub use error::{AddressError, ApiMisuse, MessageError, ReplyError};
-pub use params::{Body, MailParams, RcptParams};
+pub use params::{Body, MailParams, Notify, RcptParams, Ret};
 pub use reply::{EnhancedCode, Reply, ReplyCode, ReplyParser, Severity};
 pub use server::{CloseReason, ServerConfig, ServerEvent, ServerSession, ServerTimeout};

@@ -1,7 +1,12 @@
 //! ESMTP parameters of MAIL and RCPT (RFC 5321 4.1.2 `Mail-parameters`).
 //!
 //! Only parameters of advertised extensions are accepted: SIZE (RFC 1870),
-//! BODY (RFC 6152) and SMTPUTF8 (RFC 6531). Anything else earns a 555.
+//! BODY (RFC 6152), SMTPUTF8 (RFC 6531), and the DSN parameters RET, ENVID,
+//! NOTIFY and ORCPT (RFC 3461). Anything else earns a 555.
+//!
+//! xtext values (ENVID, ORCPT) are decoded here, and a decoded value with a
+//! control character (CR, LF, NUL...) is refused with 501, so nothing a
+//! peer sends can split a line in a spool record or a header later.
 
 use std::fmt;
 
@@ -23,11 +28,91 @@ pub struct MailParams {
     pub body: Option<Body>,
     /// `SMTPUTF8`
     pub smtputf8: bool,
+    /// `RET=FULL|HDRS` (RFC 3461 4.3): what a bounce should carry.
+    pub ret: Option<Ret>,
+    /// `ENVID=xtext` (RFC 3461 4.4), decoded.
+    pub envid: Option<String>,
 }
 
-/// Parameters of a RCPT command. No extension we offer defines one yet.
+/// The RET parameter's value (RFC 3461 4.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ret {
+    /// Return the whole message in a bounce.
+    Full,
+    /// Return only the headers.
+    Hdrs,
+}
+
+/// One NOTIFY keyword (RFC 3461 4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notify {
+    /// Report success.
+    Success,
+    /// Report failure.
+    Failure,
+    /// Report delay.
+    Delay,
+}
+
+/// Parameters of a RCPT command.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RcptParams {}
+pub struct RcptParams {
+    /// `NOTIFY=`: `Some(vec![])` is `NEVER`; `None` means not given
+    /// (RFC 3461 4.1: then FAILURE and maybe DELAY apply).
+    pub notify: Option<Vec<Notify>>,
+    /// `ORCPT=addr-type;xtext` (RFC 3461 4.2): the type (e.g. `rfc822`)
+    /// and the decoded original recipient.
+    pub orcpt: Option<(String, String)>,
+}
+
+/// Longest ENVID, in octets (RFC 3461 4.4: 100 characters).
+pub const MAX_ENVID: usize = 100;
+/// Longest ORCPT value, in octets (RFC 3461 4.2: 500 characters).
+pub const MAX_ORCPT: usize = 500;
+
+/// Decodes xtext (RFC 3461 4): `+XX` hex escapes; a raw `+` or `=` is an
+/// error, as is a decoded control character or invalid UTF-8.
+pub fn xtext_decode(input: &str) -> Option<String> {
+    let bytes = input.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => {
+                let hex = input.get(i + 1..i + 3)?;
+                if !hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+                {
+                    return None;
+                }
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'=' => return None,
+            b @ 33..=126 => {
+                out.push(b);
+                i += 1;
+            }
+            _ => return None,
+        }
+    }
+    let text = String::from_utf8(out).ok()?;
+    (!text.chars().any(char::is_control)).then_some(text)
+}
+
+/// Encodes xtext (RFC 3461 4): `+`, `=` and anything outside 33-126 as `+XX`.
+pub fn xtext_encode(input: &str) -> String {
+    let mut out = String::with_capacity(input.len());
+    for b in input.bytes() {
+        if (33..=126).contains(&b) && b != b'+' && b != b'=' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("+{b:02X}"));
+        }
+    }
+    out
+}
 
 /// One `keyword[=value]` as it appeared on the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,7 +210,14 @@ impl MailParams {
                     params.body = Some(Body::EightBitMime)
                 }
                 ("SMTPUTF8", None) => params.smtputf8 = true,
-                ("SIZE" | "BODY" | "SMTPUTF8", _) => return Err(ParamError::BadValue(original)),
+                ("RET", Some(v)) if v.eq_ignore_ascii_case("FULL") => params.ret = Some(Ret::Full),
+                ("RET", Some(v)) if v.eq_ignore_ascii_case("HDRS") => params.ret = Some(Ret::Hdrs),
+                ("ENVID", Some(v)) if v.len() <= MAX_ENVID => {
+                    params.envid = Some(xtext_decode(v).ok_or(ParamError::BadValue(original))?);
+                }
+                ("SIZE" | "BODY" | "SMTPUTF8" | "RET" | "ENVID", _) => {
+                    return Err(ParamError::BadValue(original))
+                }
                 _ => return Err(ParamError::Unrecognized(original)),
             }
         }
@@ -145,17 +237,103 @@ impl MailParams {
         if self.smtputf8 {
             out.push_str(" SMTPUTF8");
         }
+        match self.ret {
+            Some(Ret::Full) => out.push_str(" RET=FULL"),
+            Some(Ret::Hdrs) => out.push_str(" RET=HDRS"),
+            None => {}
+        }
+        if let Some(envid) = &self.envid {
+            out.push_str(" ENVID=");
+            out.push_str(&xtext_encode(envid));
+        }
+    }
+
+    /// The same parameters without the DSN ones (for a next hop that does
+    /// not offer DSN).
+    pub fn without_dsn(&self) -> Self {
+        Self {
+            ret: None,
+            envid: None,
+            ..self.clone()
+        }
     }
 }
 
 impl RcptParams {
-    /// Parses RCPT parameters; we advertise none, so any is a 555.
-    pub fn parse(input: &str) -> Result<Self, ParamError> {
-        match split_params(input)?.first() {
-            None => Ok(RcptParams {}),
-            Some(p) => Err(ParamError::Unrecognized(p.keyword.to_string())),
+    /// Parses RCPT parameters; NOTIFY and ORCPT only when DSN is offered.
+    pub fn parse(input: &str, dsn: bool) -> Result<Self, ParamError> {
+        let mut params = RcptParams::default();
+        for p in split_params(input)? {
+            let upper = p.keyword.to_ascii_uppercase();
+            let original = match p.value {
+                Some(v) => format!("{}={v}", p.keyword),
+                None => p.keyword.to_string(),
+            };
+            match (dsn, upper.as_str(), p.value) {
+                (true, "NOTIFY", Some(v)) if params.notify.is_none() => {
+                    params.notify = Some(parse_notify(v).ok_or(ParamError::BadValue(original))?);
+                }
+                (true, "ORCPT", Some(v)) if params.orcpt.is_none() && v.len() <= MAX_ORCPT => {
+                    let (kind, addr) = v
+                        .split_once(';')
+                        .ok_or(ParamError::BadValue(original.clone()))?;
+                    let kind_ok = !kind.is_empty()
+                        && kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+                    let addr = xtext_decode(addr).filter(|a| !a.is_empty());
+                    match (kind_ok, addr) {
+                        (true, Some(addr)) => params.orcpt = Some((kind.to_string(), addr)),
+                        _ => return Err(ParamError::BadValue(original)),
+                    }
+                }
+                (true, "NOTIFY" | "ORCPT", _) => return Err(ParamError::BadValue(original)),
+                _ => return Err(ParamError::Unrecognized(original)),
+            }
+        }
+        Ok(params)
+    }
+
+    /// Appends the wire form (` NOTIFY=... ORCPT=...`) to `out`.
+    pub fn write_to(&self, out: &mut String) {
+        if let Some(notify) = &self.notify {
+            out.push_str(" NOTIFY=");
+            if notify.is_empty() {
+                out.push_str("NEVER");
+            }
+            let words: Vec<&str> = notify
+                .iter()
+                .map(|n| match n {
+                    Notify::Success => "SUCCESS",
+                    Notify::Failure => "FAILURE",
+                    Notify::Delay => "DELAY",
+                })
+                .collect();
+            out.push_str(&words.join(","));
+        }
+        if let Some((kind, addr)) = &self.orcpt {
+            out.push_str(&format!(" ORCPT={kind};{}", xtext_encode(addr)));
         }
     }
+}
+
+/// `NEVER` or a comma list of SUCCESS, FAILURE, DELAY (RFC 3461 4.1).
+fn parse_notify(value: &str) -> Option<Vec<Notify>> {
+    if value.eq_ignore_ascii_case("NEVER") {
+        return Some(Vec::new());
+    }
+    let mut out = Vec::new();
+    for word in value.split(',') {
+        let n = match word.to_ascii_uppercase().as_str() {
+            "SUCCESS" => Notify::Success,
+            "FAILURE" => Notify::Failure,
+            "DELAY" => Notify::Delay,
+            _ => return None,
+        };
+        if out.contains(&n) {
+            return None;
+        }
+        out.push(n);
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -189,9 +367,62 @@ mod tests {
             Err(ParamError::Unrecognized(_))
         ));
         assert!(matches!(
-            RcptParams::parse("NOTIFY=NEVER"),
+            RcptParams::parse("NOTIFY=NEVER", false),
             Err(ParamError::Unrecognized(_))
         ));
+    }
+
+    #[test]
+    fn dsn_parameters_rfc3461() {
+        let p = MailParams::parse("RET=HDRS ENVID=QQ314159+2Bx", all).unwrap();
+        assert_eq!(p.ret, Some(Ret::Hdrs));
+        assert_eq!(p.envid.as_deref(), Some("QQ314159+x"));
+        let r = RcptParams::parse(
+            "NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Bob+40example.org",
+            true,
+        )
+        .unwrap();
+        assert_eq!(r.notify, Some(vec![Notify::Success, Notify::Failure]));
+        assert_eq!(r.orcpt, Some(("rfc822".into(), "Bob@example.org".into())));
+        let mut s = String::new();
+        r.write_to(&mut s);
+        assert_eq!(s, " NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Bob@example.org");
+        let never = RcptParams::parse("notify=never", true).unwrap();
+        assert_eq!(never.notify, Some(vec![]));
+        for bad in [
+            "NOTIFY=NEVER,SUCCESS",
+            "NOTIFY=SOMETIMES",
+            "ORCPT=rfc822",
+            "ORCPT=rfc822;a+0Db",
+            "ORCPT=;a",
+            "NOTIFY=DELAY NOTIFY=DELAY",
+        ] {
+            assert!(
+                matches!(RcptParams::parse(bad, true), Err(ParamError::BadValue(_))),
+                "{bad}"
+            );
+        }
+        // xtext may not smuggle a line break (the 21Nails lesson).
+        for bad in [
+            "ENVID=a+0D+0Ab",
+            "ENVID=a+00",
+            "ENVID=a=b",
+            "ENVID=+4",
+            "ENVID=+zz",
+            "RET=ALL",
+        ] {
+            assert!(MailParams::parse(bad, all).is_err(), "{bad}");
+        }
+        let long = format!("ENVID={}", "x".repeat(MAX_ENVID + 1));
+        assert!(MailParams::parse(&long, all).is_err());
+    }
+
+    #[test]
+    fn xtext_round_trips() {
+        for s in ["plain", "a+b=c", "sp ace", "ünï"] {
+            assert_eq!(xtext_decode(&xtext_encode(s)).as_deref(), Some(s));
+        }
+        assert_eq!(xtext_encode("a+b=c d"), "a+2Bb+3Dc+20d");
     }
 
     #[test]

@@ -60,6 +60,9 @@ pub struct ServerConfig {
     pub eightbitmime: bool,
     /// Offer PIPELINING (RFC 2920).
     pub pipelining: bool,
+    /// Offer DSN (RFC 3461). Only an application that can send delivery
+    /// status notifications should (the relay does; Maildir-only does not).
+    pub dsn: bool,
 }
 
 /// Extra octets allowed on MAIL and RCPT lines for ESMTP parameters.
@@ -105,6 +108,7 @@ impl Default for ServerConfig {
             smtputf8: true,
             eightbitmime: true,
             pipelining: true,
+            dsn: false,
         }
     }
 }
@@ -549,6 +553,7 @@ impl ServerSession {
             eightbitmime: esmtp && self.config.eightbitmime,
             smtputf8: esmtp && self.config.smtputf8,
             utf8_transaction: self.txn.as_ref().is_some_and(|t| t.params.smtputf8),
+            dsn: esmtp && self.config.dsn,
         }
     }
 
@@ -624,6 +629,9 @@ impl ServerSession {
             }
             if self.config.smtputf8 {
                 lines.push("SMTPUTF8".into());
+            }
+            if self.config.dsn {
+                lines.push("DSN".into());
             }
             lines.push("ENHANCEDSTATUSCODES".into());
             self.send(&Reply::multiline(ReplyCode::OK, None, lines));

@@ -525,6 +525,7 @@ const ESMTP: ParseOptions = ParseOptions {
     eightbitmime: true,
     smtputf8: true,
     utf8_transaction: false,
+    dsn: true,
 };
 
 proptest! {

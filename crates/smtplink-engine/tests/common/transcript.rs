@@ -30,7 +30,6 @@
 //! matched by S lines: a transcript is an exact record of the conversation.
 
 use std::collections::VecDeque;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use smtplink_engine::{
@@ -128,6 +127,7 @@ fn apply_config(config: &mut ServerConfig, key: &str, value: &str) {
         "smtputf8" => config.smtputf8 = parse_bool(value),
         "eightbitmime" => config.eightbitmime = parse_bool(value),
         "pipelining" => config.pipelining = parse_bool(value),
+        "dsn" => config.dsn = parse_bool(value),
         _ => panic!("unknown config key {key}"),
     }
 }
@@ -289,21 +289,16 @@ pub fn describe_event(e: &ServerEvent) -> String {
             format!("Greeted {name} {}", if *esmtp { "esmtp" } else { "helo" })
         }
         ServerEvent::MailFrom { from, params } => {
+            // The parameters in their wire form, decoded values re-encoded.
             let mut s = format!("MailFrom <{from}>");
-            if let Some(size) = params.size {
-                let _ = write!(s, " SIZE={size}");
-            }
-            match params.body {
-                Some(smtplink_engine::Body::SevenBit) => s.push_str(" BODY=7BIT"),
-                Some(smtplink_engine::Body::EightBitMime) => s.push_str(" BODY=8BITMIME"),
-                None => {}
-            }
-            if params.smtputf8 {
-                s.push_str(" SMTPUTF8");
-            }
+            params.write_to(&mut s);
             s
         }
-        ServerEvent::RcptTo { to, .. } => format!("RcptTo <{to}>"),
+        ServerEvent::RcptTo { to, params } => {
+            let mut s = format!("RcptTo <{to}>");
+            params.write_to(&mut s);
+            s
+        }
         ServerEvent::DataStart => "DataStart".into(),
         ServerEvent::DataChunk(_) => "DataChunk".into(),
         ServerEvent::DataEnd { size } => format!("DataEnd {size}"),
