@@ -176,6 +176,15 @@ impl Command {
                 // Keep only the first word: some clients append junk, and the
                 // name is only used for the Received: header.
                 let domain = domain.split(' ').next().unwrap_or(domain).to_string();
+                // RFC 5321 4.1.1.1: a Domain or address literal, so ASCII.
+                // The grammar is not enforced further (real clients send
+                // names with '_'), but non-ASCII would reach replies and the
+                // Received: field of messages that are not SMTPUTF8.
+                if !domain.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(CommandError::Syntax(
+                        "EHLO/HELO takes a domain name or address literal",
+                    ));
+                }
                 Ok(if verb == "EHLO" {
                     Command::Ehlo(domain)
                 } else {
@@ -382,6 +391,8 @@ mod tests {
         assert_eq!(code("MAIL FROM:<a@b.org>junk"), 501);
         assert_eq!(code("RCPT TO:<a@>"), 501);
         assert_eq!(code("EHLO"), 501);
+        assert_eq!(code("EHLO a\u{202e}b"), 501);
+        assert_eq!(code("HELO h\u{e9}te"), 501);
         assert_eq!(code("DATA now"), 501);
         assert_eq!(code("QUIT please"), 501);
         assert_eq!(code("VRFY"), 501);

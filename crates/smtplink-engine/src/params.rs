@@ -201,7 +201,9 @@ impl MailParams {
                 ("SIZE", Some(v))
                     if !v.is_empty() && v.len() <= 20 && v.bytes().all(|b| b.is_ascii_digit()) =>
                 {
-                    params.size = Some(v.parse().map_err(|_| ParamError::BadValue(original))?);
+                    // RFC 1870 3: size-value = 1*20DIGIT. A value past u64 is
+                    // still a size, just one over any limit: 552, not 501.
+                    params.size = Some(v.parse().unwrap_or(u64::MAX));
                 }
                 ("BODY", Some(v)) if v.eq_ignore_ascii_case("7BIT") => {
                     params.body = Some(Body::SevenBit)
@@ -354,6 +356,14 @@ mod tests {
         let mut s = String::new();
         p.write_to(&mut s);
         assert_eq!(s, " SIZE=1000 BODY=8BITMIME SMTPUTF8");
+    }
+
+    /// RFC 1870 3: size-value is 1*20DIGIT, so 20 nines are a valid (huge)
+    /// size that earns 552 later, not a syntax error.
+    #[test]
+    fn twenty_digit_size_is_valid_syntax() {
+        let p = MailParams::parse("SIZE=99999999999999999999", all).unwrap();
+        assert_eq!(p.size, Some(u64::MAX));
     }
 
     #[test]

@@ -571,6 +571,11 @@ impl ServerSession {
             }
         };
         trace!(command = command.verb(), "server command");
+        // The leniency for a refused MAIL covers the rest of its pipelined
+        // batch (RCPTs, then DATA) and nothing after it.
+        if !matches!(command, Command::Rcpt { .. } | Command::Data) {
+            self.mail_refused = false;
+        }
         match command {
             Command::Ehlo(name) => self.hello(name, true),
             Command::Helo(name) => self.hello(name, false),
@@ -700,7 +705,10 @@ impl ServerSession {
 
     fn data(&mut self) {
         let Some(txn) = &self.txn else {
-            return self.no_transaction("Need MAIL before DATA");
+            self.no_transaction("Need MAIL before DATA");
+            // DATA is the last command of a pipelined group (RFC 2920 3.1).
+            self.mail_refused = false;
+            return;
         };
         if txn.recipients.is_empty() {
             if txn.rcpt_attempted {
