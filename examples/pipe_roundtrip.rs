@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use smtplink_driver::CancellationToken;
 use smtplink_driver::{
-    serve_link, Backend, ClientSettings, ServerSettings, SessionHandler, SessionInfo, SmtpClient,
+    serve_link, Backend, ClientSettings, ServerSettings, SessionHandler, SessionInfo, Shutdown,
+    SmtpClient,
 };
 use smtplink_engine::{Envelope, Reply};
 
@@ -53,7 +53,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         server_link,
         Arc::new(ServerSettings::default()),
         Arc::new(PrintBackend),
-        CancellationToken::new(),
+        Shutdown::new(),
     ));
 
     let mut client = SmtpClient::handshake(client_link, ClientSettings::default()).await?;

@@ -30,6 +30,8 @@ pub struct Limits {
     pub message_size: Option<u64>,
     pub recipients: Option<usize>,
     pub errors: Option<usize>,
+    pub sessions: Option<usize>,
+    pub sessions_per_peer: Option<usize>,
     pub command_line: Option<usize>,
     pub text_line: Option<usize>,
     pub bare_line_endings: Option<BareLineEndings>,
@@ -59,6 +61,8 @@ pub struct ServeConfig {
     pub message_size: u64,
     pub recipients: usize,
     pub errors: usize,
+    pub sessions: usize,
+    pub sessions_per_peer: usize,
     pub command_line: usize,
     pub text_line: usize,
     pub bare_line_endings: BareLineEndingPolicy,
@@ -150,6 +154,8 @@ impl ServeConfig {
             message_size: pick!(limits.message_size),
             recipients: pick!(limits.recipients),
             errors: pick!(limits.errors),
+            sessions: pick!(limits.sessions),
+            sessions_per_peer: pick!(limits.sessions_per_peer),
             command_line: pick!(limits.command_line),
             text_line: pick!(limits.text_line),
             bare_line_endings: match pick!(limits.bare_line_endings) {
@@ -170,7 +176,14 @@ impl ServeConfig {
     /// after command-line flags changed anything.
     pub fn check(&self) -> Result<(), ConfigError> {
         // The RFC minimums: a server that accepts less breaks conforming clients.
-        let rules: [(&str, u64, u64, &str); 7] = [
+        let rules: [(&str, u64, u64, &str); 9] = [
+            ("limits.sessions", self.sessions as u64, 1, "at least one"),
+            (
+                "limits.sessions_per_peer",
+                self.sessions_per_peer as u64,
+                1,
+                "at least one",
+            ),
             (
                 "limits.command_line",
                 self.command_line as u64,

@@ -83,10 +83,23 @@ async fn blocking<T: Send + 'static>(
 
 impl MaildirSession {
     fn recipient_name(&self, to: &ForwardPath) -> String {
-        match to {
-            // RFC 5321 4.1.1.3: <Postmaster> without a domain is ours.
-            ForwardPath::Postmaster => format!("postmaster@{}", self.store.hostname()),
-            ForwardPath::Mailbox(m) => m.to_string(),
+        postmaster_mailbox(to, self.store.hostname())
+    }
+}
+
+/// The mailbox name for a recipient. "postmaster" is case-insensitive
+/// (RFC 5321 4.5.1), quoted or not, so every spelling of it lands in one
+/// `postmaster@<domain>`; `<Postmaster>` with no domain (4.1.1.3) is ours.
+fn postmaster_mailbox(to: &ForwardPath, hostname: &str) -> String {
+    match to {
+        ForwardPath::Postmaster => format!("postmaster@{}", hostname.to_ascii_lowercase()),
+        ForwardPath::Mailbox(m) => {
+            let local = m.local_part().trim_matches('"');
+            if local.eq_ignore_ascii_case("postmaster") {
+                format!("postmaster@{}", m.domain().to_lowercase())
+            } else {
+                m.to_string()
+            }
         }
     }
 }
@@ -187,5 +200,32 @@ impl SessionHandler for MaildirSession {
         self.abort().await;
         self.recipients.clear();
         self.reverse_path.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn every_spelling_of_postmaster_is_one_mailbox() {
+        let parse = |s: &str| ForwardPath::parse(s, false).unwrap();
+        for p in [
+            "<Postmaster>",
+            "<POSTMASTER@MX.test>",
+            "<\"postmaster\"@mx.test>",
+            "<postmaster@mx.test>",
+        ] {
+            assert_eq!(
+                postmaster_mailbox(&parse(p), "MX.test"),
+                "postmaster@mx.test",
+                "{p}"
+            );
+        }
+        assert_eq!(
+            postmaster_mailbox(&parse("<Bob@MX.test>"), "mx.test"),
+            "Bob@MX.test"
+        );
     }
 }

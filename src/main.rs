@@ -228,26 +228,44 @@ async fn serve(
         },
         command_timeout: cfg.command_timeout,
         data_timeout: cfg.data_timeout,
+        max_sessions: cfg.sessions,
+        max_sessions_per_peer: cfg.sessions_per_peer,
         ..ServerSettings::default()
     };
     let store = MaildirStore::new(cfg.maildir.clone(), cfg.hostname.clone());
     let server = Server::new(settings, Arc::new(MaildirBackend::new(store)));
-    let token = server.shutdown_token();
+    let shutdown = server.shutdown();
     let grace = cfg.shutdown_grace;
+    let forced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let forced_flag = forced.clone();
     tokio::spawn(async move {
         wait_for_stop_signal().await;
-        token.cancel();
-        info!("stopping: no new sessions; finishing the ones in flight");
-        tokio::time::sleep(grace).await;
-        warn!(
+        shutdown.graceful.cancel();
+        info!(
             ?grace,
-            "sessions still running after the grace period; exiting"
+            "stopping: no new sessions; finishing the ones in flight (Ctrl-C again to quit now)"
         );
+        tokio::select! {
+            _ = tokio::time::sleep(grace) => {
+                warn!(?grace, "sessions still running after the grace period; closing them");
+            }
+            _ = wait_for_stop_signal() => warn!("second stop signal; closing every session now"),
+        }
+        // Sessions say 421 and drop unfinished messages (their senders
+        // keep them and retry); nothing half-written stays behind.
+        forced_flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        shutdown.force.cancel();
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        warn!("sessions did not close in 5 s; exiting");
         std::process::exit(i32::from(EX_TEMPFAIL));
     });
     server.run(listeners).await;
     info!("stopped");
-    ExitCode::SUCCESS
+    if forced.load(std::sync::atomic::Ordering::SeqCst) {
+        ExitCode::from(EX_TEMPFAIL)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 async fn wait_for_stop_signal() {

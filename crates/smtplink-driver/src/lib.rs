@@ -20,6 +20,6 @@ pub mod server;
 pub use backend::{Backend, SessionHandler, SessionInfo};
 pub use client::{ClientSettings, ClientTimeouts, SmtpClient};
 pub use error::DriverError;
-pub use server::{serve_link, Server, ServerSettings, SessionSummary};
+pub use server::{serve_link, Server, ServerSettings, SessionSummary, Shutdown};
 /// Cancels a server or a session (re-exported: it is part of this API).
 pub use tokio_util::sync::CancellationToken;

@@ -1,5 +1,6 @@
 //! The server driver: runs a [`ServerSession`] over a [`Link`].
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +22,8 @@ use crate::error::DriverError;
 pub struct ServerSettings {
     /// The engine's settings (limits, host name, extensions).
     pub engine: ServerConfig,
-    /// How long to wait for the next command. RFC 5321 4.5.3.2.7 asks for
+    /// How long a client may take to send the next command, counted from
+    /// our last reply, however it trickles in. RFC 5321 4.5.3.2.7 asks for
     /// at least 5 minutes.
     pub command_timeout: Duration,
     /// How long to wait for more message data. RFC 5321 4.5.3.2.7's
@@ -29,6 +31,12 @@ pub struct ServerSettings {
     pub data_timeout: Duration,
     /// Bytes read from the link at a time.
     pub read_buffer: usize,
+    /// Most sessions at once; more are told 421 and closed (RFC 5321 7.8:
+    /// a server may limit its resources). Each costs a file descriptor.
+    pub max_sessions: usize,
+    /// Most sessions at once from one peer address, so one client cannot
+    /// take every slot.
+    pub max_sessions_per_peer: usize,
 }
 
 impl Default for ServerSettings {
@@ -38,6 +46,8 @@ impl Default for ServerSettings {
             command_timeout: Duration::from_secs(5 * 60),
             data_timeout: Duration::from_secs(5 * 60),
             read_buffer: 64 * 1024,
+            max_sessions: 200,
+            max_sessions_per_peer: 20,
         }
     }
 }
@@ -55,6 +65,26 @@ fn next_session_id() -> String {
     });
     let n = SESSION_COUNTER.fetch_add(1, Ordering::Relaxed);
     format!("{epoch:X}.{n}")
+}
+
+/// The two stages of stopping a server.
+///
+/// `graceful`: stop accepting; idle sessions get 421 at once, a session
+/// receiving a message finishes it first. `force`: every session gets 421
+/// now and a message in progress is dropped (its sender still has it).
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown {
+    /// Stop accepting and drain.
+    pub graceful: CancellationToken,
+    /// Close everything now.
+    pub force: CancellationToken,
+}
+
+impl Shutdown {
+    /// A fresh pair of tokens.
+    pub fn new() -> Self {
+        Self::default()
+    }
 }
 
 /// How a session ended, for logs and tests.
@@ -76,7 +106,7 @@ pub async fn serve_link(
     link: Link,
     settings: Arc<ServerSettings>,
     backend: Arc<dyn Backend>,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
 ) -> Result<SessionSummary, DriverError> {
     let id = next_session_id();
     let span = info_span!(
@@ -96,7 +126,7 @@ async fn run_session(
     mut link: Link,
     settings: Arc<ServerSettings>,
     backend: Arc<dyn Backend>,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
 ) -> Result<SessionSummary, DriverError> {
     let mut info = SessionInfo {
         id: id.clone(),
@@ -123,9 +153,12 @@ async fn run_session(
     };
     let mut buf = vec![0u8; settings.read_buffer.max(512)];
     let mut draining = false;
+    let mut command_started = tokio::time::Instant::now();
     let result = loop {
         handle_events(&mut session, handler.as_mut(), &mut info, &mut state).await;
         if let Some(out) = session.poll_transmit() {
+            // A reply means a command was complete: its timer starts over.
+            command_started = tokio::time::Instant::now();
             let write = tokio::time::timeout(settings.command_timeout, link.write_all(&out));
             match write.await {
                 Ok(Ok(())) => {}
@@ -147,7 +180,13 @@ async fn run_session(
             continue;
         }
         let timeout = match session.timeout_kind() {
-            ServerTimeout::Command => settings.command_timeout,
+            // The whole command must arrive in time, not each byte of it:
+            // otherwise one byte a minute keeps a session (and its file
+            // descriptor) forever.
+            ServerTimeout::Command => settings
+                .command_timeout
+                .saturating_sub(command_started.elapsed()),
+            // Between reads while receiving a message (RFC 5321 4.5.3.2.7).
             ServerTimeout::Data => settings.data_timeout,
         };
         tokio::select! {
@@ -163,8 +202,12 @@ async fn run_session(
                     session.handle_timeout();
                 }
             },
-            _ = shutdown.cancelled(), if !draining => {
+            _ = shutdown.graceful.cancelled(), if !draining => {
                 draining = true;
+            }
+            _ = shutdown.force.cancelled() => {
+                // RFC 5321 3.8: say 421 before closing, even mid-DATA.
+                session.shutdown();
             }
         }
     };
@@ -276,7 +319,7 @@ async fn handle_events(
 pub struct Server {
     settings: Arc<ServerSettings>,
     backend: Arc<dyn Backend>,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
 }
 
 impl Server {
@@ -285,12 +328,13 @@ impl Server {
         Self {
             settings: Arc::new(settings),
             backend,
-            shutdown: CancellationToken::new(),
+            shutdown: Shutdown::new(),
         }
     }
 
-    /// A token that, when cancelled, stops accepting and drains sessions.
-    pub fn shutdown_token(&self) -> CancellationToken {
+    /// The tokens that stop the server: cancel `graceful` to stop
+    /// accepting and drain, then `force` to close what is left.
+    pub fn shutdown(&self) -> Shutdown {
         self.shutdown.clone()
     }
 
@@ -302,7 +346,7 @@ impl Server {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Link>(64);
         for mut listener in listeners {
             let tx = tx.clone();
-            let shutdown = self.shutdown.clone();
+            let shutdown = self.shutdown.graceful.clone();
             acceptors.spawn(async move {
                 let local = listener.local_endpoint();
                 loop {
@@ -325,19 +369,17 @@ impl Server {
             });
         }
         drop(tx);
+        let mut per_peer: HashMap<String, usize> = HashMap::new();
         loop {
             tokio::select! {
                 link = rx.recv() => match link {
-                    Some(link) => {
-                        let settings = self.settings.clone();
-                        let backend = self.backend.clone();
-                        let shutdown = self.shutdown.clone();
-                        sessions.spawn(serve_link(link, settings, backend, shutdown));
-                    }
+                    Some(link) => self.start_session(link, &mut sessions, &mut per_peer).await,
                     None => break,
                 },
-                _ = self.shutdown.cancelled() => break,
-                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+                _ = self.shutdown.graceful.cancelled() => break,
+                Some(done) = sessions.join_next(), if !sessions.is_empty() => {
+                    release(&mut per_peer, done);
+                }
             }
         }
         acceptors.shutdown().await;
@@ -345,5 +387,65 @@ impl Server {
             info!(sessions = sessions.len(), "waiting for sessions in flight");
         }
         while sessions.join_next().await.is_some() {}
+    }
+
+    /// Runs a session for `link`, unless a session limit is reached: then
+    /// the client is told 421 and the link closed.
+    async fn start_session(
+        &self,
+        mut link: Link,
+        sessions: &mut JoinSet<String>,
+        per_peer: &mut HashMap<String, usize>,
+    ) {
+        let peer = peer_key(&link);
+        let from_peer = per_peer.get(&peer).copied().unwrap_or(0);
+        let refusal = if sessions.len() >= self.settings.max_sessions {
+            Some("Too many sessions, try again later")
+        } else if from_peer >= self.settings.max_sessions_per_peer {
+            Some("Too many sessions from your address, try again later")
+        } else {
+            None
+        };
+        if let Some(text) = refusal {
+            warn!(peer = %link.info().peer, text, "session refused");
+            let reply = Reply::new(
+                smtplink_engine::ReplyCode::SERVICE_NOT_AVAILABLE,
+                smtplink_engine::EnhancedCode::new(4, 7, 0),
+                format!("{} {text}", self.settings.engine.hostname),
+            );
+            // Do not let a client that does not read hold up the accept loop.
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                let _ = link.write_all(&reply.to_bytes()).await;
+                let _ = link.shutdown().await;
+            })
+            .await;
+            return;
+        }
+        *per_peer.entry(peer.clone()).or_insert(0) += 1;
+        let settings = self.settings.clone();
+        let backend = self.backend.clone();
+        let shutdown = self.shutdown.clone();
+        sessions.spawn(async move {
+            let _ = serve_link(link, settings, backend, shutdown).await;
+            peer
+        });
+    }
+}
+
+/// Sessions are counted per IP address (per label for links without one).
+fn peer_key(link: &Link) -> String {
+    let info = link.info();
+    info.peer_ip
+        .map_or_else(|| info.peer.clone(), |ip| ip.to_string())
+}
+
+fn release(per_peer: &mut HashMap<String, usize>, done: Result<String, tokio::task::JoinError>) {
+    if let Ok(peer) = done {
+        if let Some(n) = per_peer.get_mut(&peer) {
+            *n -= 1;
+            if *n == 0 {
+                per_peer.remove(&peer);
+            }
+        }
     }
 }

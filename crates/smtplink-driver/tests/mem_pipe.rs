@@ -9,7 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use smtplink_driver::{
-    serve_link, Backend, ClientSettings, ServerSettings, SessionHandler, SessionInfo, SmtpClient,
+    serve_link, Backend, ClientSettings, ServerSettings, SessionHandler, SessionInfo, Shutdown,
+    SmtpClient,
 };
 use smtplink_engine::{
     ClientConfig, EnhancedCode, Envelope, ForwardPath, RcptParams, RecipientOutcome, Reply,
@@ -17,7 +18,6 @@ use smtplink_engine::{
 };
 use smtplink_transport::Link;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 
 /// What the test backend saw.
 #[derive(Default, Debug)]
@@ -100,7 +100,7 @@ fn start_server(link: Link, pipelining: bool) -> (Arc<Mutex<Log>>, tokio::task::
     settings.engine.pipelining = pipelining;
     let backend = Arc::new(MemoryBackend(log.clone()));
     let task = tokio::spawn(async move {
-        let _ = serve_link(link, Arc::new(settings), backend, CancellationToken::new()).await;
+        let _ = serve_link(link, Arc::new(settings), backend, Shutdown::new()).await;
     });
     (log, task)
 }
@@ -249,12 +249,7 @@ async fn idle_client_gets_421_after_the_command_timeout() {
         ..ServerSettings::default()
     };
     let backend = Arc::new(MemoryBackend(log));
-    let server = tokio::spawn(serve_link(
-        b,
-        Arc::new(settings),
-        backend,
-        CancellationToken::new(),
-    ));
+    let server = tokio::spawn(serve_link(b, Arc::new(settings), backend, Shutdown::new()));
     let mut out = Vec::new();
     a.read_to_end(&mut out).await.unwrap();
     let text = String::from_utf8(out).unwrap();
@@ -267,7 +262,7 @@ async fn idle_client_gets_421_after_the_command_timeout() {
 #[tokio::test]
 async fn shutdown_closes_idle_sessions_with_421() {
     let (mut a, b) = smtplink_mem::pipe(4096);
-    let token = CancellationToken::new();
+    let token = Shutdown::new();
     let backend = Arc::new(MemoryBackend(Arc::default()));
     let server = tokio::spawn(serve_link(
         b,
@@ -278,13 +273,144 @@ async fn shutdown_closes_idle_sessions_with_421() {
     let mut buf = [0u8; 512];
     let n = a.read(&mut buf).await.unwrap();
     assert!(buf[..n].starts_with(b"220 "));
-    token.cancel();
+    token.graceful.cancel();
     let mut rest = Vec::new();
     a.read_to_end(&mut rest).await.unwrap();
     assert!(
         rest.starts_with(b"421 4.3.2 "),
         "{}",
         String::from_utf8_lossy(&rest)
+    );
+    server.await.unwrap().unwrap();
+}
+
+/// Forced shutdown: a session inside DATA is told 421 at once and its
+/// message is dropped (the backend aborts), RFC 5321 3.8.
+#[tokio::test]
+async fn forced_shutdown_mid_data_says_421_and_drops_the_message() {
+    let (mut a, b) = smtplink_mem::pipe(1 << 16);
+    let log = Arc::new(Mutex::new(Log::default()));
+    let shutdown = Shutdown::new();
+    let backend = Arc::new(MemoryBackend(log.clone()));
+    let server = tokio::spawn(serve_link(
+        b,
+        Arc::new(ServerSettings::default()),
+        backend,
+        shutdown.clone(),
+    ));
+    a.write_all(b"EHLO c.test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\nSubject: x\r\n\r\nhalf").await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains("354 ") {
+        let n = a.read(&mut buf).await.unwrap();
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // Graceful alone waits for the message; force closes it.
+    shutdown.graceful.cancel();
+    shutdown.force.cancel();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), a.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        rest.starts_with(b"421 4.3.2 "),
+        "{}",
+        String::from_utf8_lossy(&rest)
+    );
+    server.await.unwrap().unwrap();
+    let log = log.lock().unwrap();
+    assert!(log.stored.is_empty());
+    assert_eq!(log.aborted, 1);
+}
+
+/// Over `max_sessions`, a new client is told 421 4.7.0 and closed while
+/// the sessions already running carry on.
+#[tokio::test]
+async fn sessions_over_the_limit_get_421() {
+    use smtplink_driver::Server;
+    use smtplink_transport::{Endpoint, Transport};
+    let transport = smtplink_mem::MemTransport::new();
+    let endpoint = Endpoint::parse("mem://limited").unwrap();
+    let listener = transport.listen(&endpoint).await.unwrap();
+    let settings = ServerSettings {
+        max_sessions: 1,
+        ..ServerSettings::default()
+    };
+    let server = Arc::new(Server::new(
+        settings,
+        Arc::new(MemoryBackend(Arc::default())),
+    ));
+    let shutdown = server.shutdown();
+    let running = {
+        let server = server.clone();
+        tokio::spawn(async move { server.run(vec![listener]).await })
+    };
+    let mut first = transport.connect(&endpoint).await.unwrap();
+    let mut buf = [0u8; 512];
+    let n = first.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"220 "));
+    let mut second = transport.connect(&endpoint).await.unwrap();
+    let mut refused = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), second.read_to_end(&mut refused))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        refused.starts_with(b"421 4.7.0 "),
+        "{}",
+        String::from_utf8_lossy(&refused)
+    );
+    // The first session still works.
+    first.write_all(b"NOOP\r\n").await.unwrap();
+    let n = first.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"250 "));
+    shutdown.graceful.cancel();
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// The command timer counts from the last reply, so a command trickled in
+/// one byte at a time cannot keep a session open past it.
+#[tokio::test(start_paused = true)]
+async fn trickled_command_still_times_out() {
+    let (mut a, b) = smtplink_mem::pipe(4096);
+    let settings = ServerSettings {
+        command_timeout: Duration::from_secs(300),
+        ..ServerSettings::default()
+    };
+    let backend = Arc::new(MemoryBackend(Arc::default()));
+    let server = tokio::spawn(serve_link(b, Arc::new(settings), backend, Shutdown::new()));
+    let mut buf = [0u8; 512];
+    let n = a.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"220 "));
+    let start = tokio::time::Instant::now();
+    let mut closed = Vec::new();
+    for byte in b"NOOP xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx" {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        if a.write_all(&[*byte]).await.is_err() {
+            // The server hung up: collect what it said before.
+            let _ = a.read_to_end(&mut closed).await;
+            break;
+        }
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), a.read(&mut buf)).await {
+            closed.extend_from_slice(&buf[..n]);
+            if n == 0 || closed.starts_with(b"421") {
+                break;
+            }
+        }
+    }
+    assert!(
+        closed.starts_with(b"421 4.4.2 "),
+        "{}",
+        String::from_utf8_lossy(&closed)
+    );
+    assert!(
+        start.elapsed() <= Duration::from_secs(361),
+        "{:?}",
+        start.elapsed()
     );
     server.await.unwrap().unwrap();
 }
