@@ -22,6 +22,33 @@ pub struct ConfigFile {
     pub limits: Limits,
     #[serde(default)]
     pub timeouts: Timeouts,
+    pub spool: Option<PathBuf>,
+    #[serde(default)]
+    pub relay: Relay,
+    /// `[[route]]` tables, in order: first match wins.
+    #[serde(default)]
+    pub route: Vec<RouteEntry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Relay {
+    pub first_retry: Option<u64>,
+    pub max_retry_interval: Option<u64>,
+    pub give_up: Option<u64>,
+    pub max_hops: Option<usize>,
+    pub connect_timeout: Option<u64>,
+}
+
+/// One `[[route]]`: `domain` (`example.net`, `*.example.net`, `*`) and
+/// `target` (`local`, `mx`, or endpoint URLs), plus fallback endpoints.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteEntry {
+    pub domain: String,
+    pub target: String,
+    #[serde(default)]
+    pub fallback: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -69,6 +96,11 @@ pub struct ServeConfig {
     pub command_timeout: Duration,
     pub data_timeout: Duration,
     pub shutdown_grace: Duration,
+    pub spool: PathBuf,
+    pub routes: Vec<smtplink_relay::Route>,
+    pub retry: smtplink_relay::RetryPolicy,
+    pub max_hops: usize,
+    pub connect_timeout: Duration,
 }
 
 /// A configuration error, already phrased for the user.
@@ -165,6 +197,27 @@ impl ServeConfig {
             command_timeout: Duration::from_secs(pick!(timeouts.command)),
             data_timeout: Duration::from_secs(pick!(timeouts.data)),
             shutdown_grace: Duration::from_secs(pick!(timeouts.shutdown_grace)),
+            spool: pick!(spool),
+            routes: file
+                .route
+                .iter()
+                .map(|r| {
+                    let mut target = r.target.clone();
+                    for f in &r.fallback {
+                        target.push(',');
+                        target.push_str(f);
+                    }
+                    smtplink_relay::Route::parse(&format!("{}={target}", r.domain))
+                        .map_err(|e| ConfigError(format!("{origin}: [[route]] {}: {e}", r.domain)))
+                })
+                .collect::<Result<_, _>>()?,
+            retry: smtplink_relay::RetryPolicy {
+                first_retry: Duration::from_secs(pick!(relay.first_retry)),
+                max_interval: Duration::from_secs(pick!(relay.max_retry_interval)),
+                give_up: Duration::from_secs(pick!(relay.give_up)),
+            },
+            max_hops: pick!(relay.max_hops),
+            connect_timeout: Duration::from_secs(pick!(relay.connect_timeout)),
         };
         config
             .check()

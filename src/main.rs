@@ -1,7 +1,7 @@
 //! `smtplink`: serve SMTP into Maildirs, or send a message, over any link.
 
 mod config;
-mod local;
+mod queue;
 
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
@@ -15,13 +15,15 @@ use smtplink_maildir::MaildirStore;
 use smtplink_transport::{Endpoint, Registry, TransportError};
 use tracing::{info, warn};
 
+use smtplink_relay::spool::Spool;
+use smtplink_relay::{RelayBackend, RelayContext, RoutingTable, Worker, WorkerSettings};
+
 use crate::config::{ServeConfig, DEFAULT_CONFIG};
-use crate::local::MaildirBackend;
 
 /// sysexits.h: temporary failure, try again later.
 const EX_TEMPFAIL: u8 = 75;
 /// sysexits.h: configuration error.
-const EX_CONFIG: u8 = 78;
+pub(crate) const EX_CONFIG: u8 = 78;
 
 #[derive(Parser)]
 #[command(
@@ -56,6 +58,28 @@ enum Commands {
         /// TOML config file; flags override it.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Route mail for DOMAIN (example.net, *.example.net or *) to
+        /// TARGET: local, mx, or endpoint URLs separated by commas.
+        /// Repeatable, first match wins; comes before routes from --config.
+        #[arg(long, value_name = "DOMAIN=TARGET")]
+        route: Vec<String>,
+        /// The relay's queue directory [default: ./spool]
+        #[arg(long, value_name = "DIR")]
+        spool: Option<PathBuf>,
+    },
+    /// Look at and act on the relay's queue (works while `serve` runs).
+    Queue {
+        /// The queue directory [default: ./spool, or `spool` of --config]
+        #[arg(long, value_name = "DIR")]
+        spool: Option<PathBuf>,
+        /// Config file (for `flush`: its routes and relay settings).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Routes for `flush`, as for `serve`.
+        #[arg(long, value_name = "DOMAIN=TARGET")]
+        route: Vec<String>,
+        #[command(subcommand)]
+        action: QueueAction,
     },
     /// Send one message (from FILE or stdin) and report per recipient.
     ///
@@ -84,7 +108,30 @@ enum Commands {
     DefaultConfig,
 }
 
-fn registry() -> Registry {
+#[derive(Subcommand)]
+enum QueueAction {
+    /// Every queued message: id, age, size, sender, recipients with their
+    /// state, last reply and next attempt.
+    List,
+    /// One message's envelope record in full.
+    Show {
+        /// Message id (from `list`).
+        id: String,
+    },
+    /// Remove a message from the queue without delivering it.
+    Delete {
+        /// Message id (from `list`).
+        id: String,
+    },
+    /// Try every queued message now (or only those for one hop).
+    Flush {
+        /// Only recipients routed to this target, e.g. tcp://gw:25.
+        #[arg(long)]
+        hop: Option<String>,
+    },
+}
+
+pub(crate) fn registry() -> Registry {
     let tcp = Arc::new(smtplink_tcp::TcpTransport::new());
     Registry::new()
         // `smtp://` is what curl users type first; it is plain TCP.
@@ -133,7 +180,15 @@ fn main() -> ExitCode {
             maildir,
             hostname,
             config,
-        } => runtime.block_on(serve(listen, maildir, hostname, config)),
+            route,
+            spool,
+        } => runtime.block_on(serve(listen, maildir, hostname, config, route, spool)),
+        Commands::Queue {
+            spool,
+            config,
+            route,
+            action,
+        } => runtime.block_on(queue::run(spool, config, route, action)),
         Commands::Send {
             server,
             from,
@@ -148,24 +203,44 @@ fn main() -> ExitCode {
     }
 }
 
+/// The embedded defaults, overlaid with `--config`, overlaid with the
+/// command line's routes and spool.
+pub(crate) fn load_config(
+    config_path: Option<&std::path::Path>,
+    routes: &[String],
+    spool: Option<PathBuf>,
+) -> Result<ServeConfig, String> {
+    let file = config_path
+        .map(config::load)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let origin = config_path.map_or_else(
+        || "built-in config".to_string(),
+        |p| p.display().to_string(),
+    );
+    let mut cfg = ServeConfig::resolve(&origin, file).map_err(|e| e.to_string())?;
+    let mut cli_routes = Vec::new();
+    for r in routes {
+        cli_routes.push(smtplink_relay::Route::parse(r).map_err(|e| format!("--route {r}: {e}"))?);
+    }
+    // Command-line routes come first: they are the more specific intent.
+    cli_routes.append(&mut cfg.routes);
+    cfg.routes = cli_routes;
+    if let Some(s) = spool {
+        cfg.spool = s;
+    }
+    Ok(cfg)
+}
+
 async fn serve(
     listen: Vec<String>,
     maildir: Option<PathBuf>,
     hostname: Option<String>,
     config_path: Option<PathBuf>,
+    routes: Vec<String>,
+    spool: Option<PathBuf>,
 ) -> ExitCode {
-    let file = match config_path.as_deref().map(config::load).transpose() {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("smtplink: {e}");
-            return ExitCode::from(EX_CONFIG);
-        }
-    };
-    let origin = config_path.as_ref().map_or_else(
-        || "built-in config".to_string(),
-        |p| p.display().to_string(),
-    );
-    let mut cfg = match ServeConfig::resolve(&origin, file) {
+    let mut cfg = match load_config(config_path.as_deref(), &routes, spool) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("smtplink: {e}");
@@ -232,8 +307,28 @@ async fn serve(
         max_sessions_per_peer: cfg.sessions_per_peer,
         ..ServerSettings::default()
     };
-    let store = MaildirStore::new(cfg.maildir.clone(), cfg.hostname.clone());
-    let server = Server::new(settings, Arc::new(MaildirBackend::new(store)));
+    let (ctx, spool) = match relay_context(&cfg) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("smtplink: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    // DSN is offered only when we can send notifications: when relaying.
+    let mut settings = settings;
+    settings.engine.dsn = spool.is_some();
+    let server = Server::new(settings, Arc::new(RelayBackend::new(ctx.clone())));
+    let worker_stop = server.shutdown().graceful;
+    if let Some(spool) = spool {
+        let worker = Arc::new(Worker::new(
+            ctx,
+            spool,
+            registry.clone(),
+            worker_settings(&cfg),
+        ));
+        info!(spool = %cfg.spool.display(), "relay queue active");
+        tokio::spawn(worker.run(worker_stop));
+    }
     let shutdown = server.shutdown();
     let grace = cfg.shutdown_grace;
     let forced = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -281,6 +376,45 @@ async fn wait_for_stop_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// The relay's shared context, and the spool when some route relays (a
+/// node that only delivers locally needs none, and creates no ./spool).
+pub(crate) fn relay_context(
+    cfg: &ServeConfig,
+) -> Result<(Arc<RelayContext>, Option<Arc<Spool>>), String> {
+    let routes = RoutingTable::new(cfg.routes.clone());
+    let spool = if routes.relays() {
+        let spool =
+            Spool::open(&cfg.spool).map_err(|e| format!("spool {}: {e}", cfg.spool.display()))?;
+        Some(Arc::new(spool))
+    } else {
+        None
+    };
+    let ctx = Arc::new(RelayContext {
+        hostname: cfg.hostname.clone(),
+        routes,
+        store: MaildirStore::new(cfg.maildir.clone(), cfg.hostname.clone()),
+        spool: spool.clone(),
+        max_hops: cfg.max_hops,
+        wake: Arc::new(tokio::sync::Notify::new()),
+    });
+    Ok((ctx, spool))
+}
+
+pub(crate) fn worker_settings(cfg: &ServeConfig) -> WorkerSettings {
+    WorkerSettings {
+        client: ClientSettings {
+            engine: ClientConfig {
+                hello_name: cfg.hostname.clone(),
+                ..ClientConfig::default()
+            },
+            ..ClientSettings::default()
+        },
+        retry: cfg.retry,
+        connect_timeout: cfg.connect_timeout,
+        ..WorkerSettings::default()
+    }
 }
 
 /// Turns lone LF into CRLF, the way `sendmail` accepts local submissions.

@@ -85,7 +85,19 @@ impl MaildirStore {
         now: SystemTime,
     ) -> Result<MessageWriter, MaildirError> {
         let first = trace.recipients.first().ok_or(MaildirError::NoRecipients)?;
-        let mailbox = mailbox_dir_name(first);
+        self.begin_with_header(first, &trace.render(&self.hostname, now), now)
+    }
+
+    /// Starts one message with header fields the caller prepared (e.g. a
+    /// `Return-Path:` for a message that already carries its `Received:`
+    /// fields), staged in `first_recipient`'s Maildir.
+    pub fn begin_with_header(
+        &self,
+        first_recipient: &str,
+        header: &[u8],
+        now: SystemTime,
+    ) -> Result<MessageWriter, MaildirError> {
+        let mailbox = mailbox_dir_name(first_recipient);
         let maildir = ensure_maildir(&self.root, &mailbox)?;
         let base = unique_base(&self.hostname, now);
         let path = maildir.join("tmp").join(&base);
@@ -93,8 +105,7 @@ impl MaildirStore {
         let file = File::create_new(&path).map_err(|e| MaildirError::io("create", &path, e))?;
         let staged = TmpFile::armed(path);
         let mut file = BufWriter::with_capacity(BUFFER_SIZE, file);
-        let header = trace.render(&self.hostname, now);
-        file.write_all(&header)
+        file.write_all(header)
             .map_err(|e| MaildirError::io("write", staged.path(), e))?;
         Ok(MessageWriter {
             root: self.root.clone(),

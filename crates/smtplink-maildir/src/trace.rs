@@ -73,11 +73,16 @@ impl TraceInfo {
     /// clauses; in the comment, `(`, `)` and `\` are escaped. Each field is
     /// capped at 900 bytes.
     pub fn render(&self, by_host: &str, now: SystemTime) -> Vec<u8> {
-        let mut out = String::new();
-        out.push_str("Return-Path: <");
-        out.push_str(&path_text(&self.reverse_path));
-        out.push_str(">\r\n");
+        let mut out = format!("Return-Path: <{}>\r\n", path_text(&self.reverse_path)).into_bytes();
+        out.extend_from_slice(&self.render_received(by_host, now));
+        out
+    }
 
+    /// The `Received:` field alone, as [`render`](Self::render) writes it:
+    /// what a relaying hop adds. `Return-Path:` belongs only to the final
+    /// delivery (RFC 5321 4.4).
+    pub fn render_received(&self, by_host: &str, now: SystemTime) -> Vec<u8> {
+        let mut out = String::new();
         let mut lines: Vec<Vec<String>> = Vec::with_capacity(3);
 
         let mut from = vec![

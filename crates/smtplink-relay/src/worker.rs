@@ -1,0 +1,698 @@
+//! The delivery worker: takes due messages from the spool, groups their
+//! recipients by next hop, sends each hop its messages over one session
+//! (connection reuse), records every recipient's outcome, and queues a
+//! bounce (RFC 3464) for permanent failures.
+//!
+//! A message leaves the spool only when no recipient is pending: each was
+//! delivered (the next hop said 250), or failed with a bounce queued first.
+//! Outcomes are written to the envelope record right after each message's
+//! transaction, so a crash can at worst repeat one transaction: a
+//! duplicate, never a loss (RFC 5321 6.1).
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use smtplink_driver::CancellationToken;
+use smtplink_driver::{ClientSettings, DriverError, SmtpClient};
+use smtplink_engine::{
+    Envelope, ForwardPath, MailParams, Notify, RcptParams, RecipientOutcome, ReversePath,
+};
+use smtplink_transport::{Endpoint, Registry};
+use tokio::task::JoinSet;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::backend::RelayContext;
+use crate::bounce::{self, Action, BounceInput, FailedRecipient};
+use crate::retry::RetryPolicy;
+use crate::route::RouteTarget;
+use crate::spool::{
+    self, EnvelopeRecord, NewEnvelope, NewRecipient, RecipientState, Spool, SpoolLock,
+};
+
+/// Settings of the delivery worker.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// The SMTP client's settings (EHLO name, timers).
+    pub client: ClientSettings,
+    /// Backoff and give-up.
+    pub retry: RetryPolicy,
+    /// How long to wait for a next hop to accept a connection.
+    pub connect_timeout: Duration,
+    /// How often to look for due messages when nothing wakes the worker.
+    pub poll_interval: Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            client: ClientSettings::default(),
+            retry: RetryPolicy::default(),
+            connect_timeout: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What one pass over the spool did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunStats {
+    /// Recipients the next hop (or a Maildir) accepted.
+    pub delivered: usize,
+    /// Recipients deferred for a later try.
+    pub deferred: usize,
+    /// Recipients that failed for good.
+    pub failed: usize,
+    /// Bounces queued.
+    pub bounces: usize,
+}
+
+/// One recipient's result in this pass.
+#[derive(Debug, Clone)]
+enum Outcome {
+    Delivered(String),
+    Deferred(String),
+    Failed {
+        reply: String,
+        status: (u8, u16, u16),
+    },
+}
+
+/// A message claimed for this pass (its lock held) and the recipients of
+/// it that a hop is to deliver.
+type Claim = Arc<Mutex<SpoolLock>>;
+
+/// Recipients (by index) of claimed messages, as handed to one hop.
+type HopItems = Vec<(Claim, Vec<usize>)>;
+
+/// Each recipient's outcome, per claimed message.
+type Outcomes = Vec<(Claim, Vec<(usize, Outcome)>)>;
+
+/// The delivery worker.
+pub struct Worker {
+    ctx: Arc<RelayContext>,
+    spool: Arc<Spool>,
+    registry: Registry,
+    settings: WorkerSettings,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn to_time(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+impl Worker {
+    /// A worker over the relay's context; `registry` builds links to next hops.
+    pub fn new(
+        ctx: Arc<RelayContext>,
+        spool: Arc<Spool>,
+        registry: Registry,
+        settings: WorkerSettings,
+    ) -> Self {
+        Self {
+            ctx,
+            spool,
+            registry,
+            settings,
+        }
+    }
+
+    /// Runs passes until `stop` is cancelled: when woken by a newly queued
+    /// message, and every `poll_interval` otherwise.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            let stats = self.run_once(None).await;
+            if stats != RunStats::default() {
+                info!(?stats, "delivery pass");
+            }
+            tokio::select! {
+                _ = self.ctx.wake.notified() => {}
+                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// One pass: every due message not locked by someone else. With
+    /// `only_hop`, only recipients routed to that hop (its target text,
+    /// e.g. `tcp://b:25` or `local`) are tried.
+    pub async fn run_once(&self, only_hop: Option<&str>) -> RunStats {
+        let now = unix_now();
+        let spool = self.spool.clone();
+        let claimed = match tokio::task::spawn_blocking(move || claim_due(&spool, now)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                warn!(error = %e, "cannot read the spool");
+                return RunStats::default();
+            }
+            Err(_) => return RunStats::default(),
+        };
+        // Group each claimed message's due recipients by next hop.
+        let mut hops: BTreeMap<String, (RouteTarget, HopItems)> = BTreeMap::new();
+        let mut unroutable: HopItems = Vec::new();
+        for claim in &claimed {
+            let Ok(guard) = claim.lock() else { continue };
+            let record = guard.record().clone();
+            drop(guard);
+            let mut per_hop: BTreeMap<String, (RouteTarget, Vec<usize>)> = BTreeMap::new();
+            let mut no_route = Vec::new();
+            for (i, r) in record.recipients.iter().enumerate() {
+                if r.state != RecipientState::Pending || r.next_attempt > now {
+                    continue;
+                }
+                let domain = r.address.rsplit_once('@').map_or("", |(_, d)| d);
+                match self.ctx.routes.lookup(&domain.to_ascii_lowercase()) {
+                    Some(target) => {
+                        let key = target.to_string();
+                        if only_hop.is_some_and(|h| h != key) {
+                            continue;
+                        }
+                        per_hop
+                            .entry(key)
+                            .or_insert_with(|| (target.clone(), Vec::new()))
+                            .1
+                            .push(i);
+                    }
+                    None => no_route.push(i),
+                }
+            }
+            for (key, (target, idx)) in per_hop {
+                hops.entry(key)
+                    .or_insert_with(|| (target, Vec::new()))
+                    .1
+                    .push((claim.clone(), idx));
+            }
+            if !no_route.is_empty() {
+                unroutable.push((claim.clone(), no_route));
+            }
+        }
+        let mut results: Outcomes = Vec::new();
+        for (claim, idx) in unroutable {
+            let outcomes = idx
+                .into_iter()
+                .map(|i| {
+                    (
+                        i,
+                        Outcome::Failed {
+                            reply: "no route to this domain any more".into(),
+                            status: (5, 4, 4),
+                        },
+                    )
+                })
+                .collect();
+            results.push((claim, outcomes));
+        }
+        let mut tasks = JoinSet::new();
+        for (hop, (target, items)) in hops {
+            let worker = self.clone_parts();
+            let span = info_span!("hop", hop = %hop);
+            tasks.spawn(async move { worker.deliver_hop(target, items).await }.instrument(span));
+        }
+        while let Some(done) = tasks.join_next().await {
+            if let Ok(r) = done {
+                results.extend(r);
+            }
+        }
+        let ctx = self.ctx.clone();
+        let spool = self.spool.clone();
+        let retry = self.settings.retry;
+        tokio::task::spawn_blocking(move || finish(&ctx, &spool, retry, claimed, results, now))
+            .await
+            .unwrap_or_default()
+    }
+
+    fn clone_parts(&self) -> HopWorker {
+        HopWorker {
+            ctx: self.ctx.clone(),
+            registry: self.registry.clone(),
+            settings: self.settings.clone(),
+        }
+    }
+}
+
+/// What a per-hop task needs.
+struct HopWorker {
+    ctx: Arc<RelayContext>,
+    registry: Registry,
+    settings: WorkerSettings,
+}
+
+impl HopWorker {
+    async fn deliver_hop(&self, target: RouteTarget, items: HopItems) -> Outcomes {
+        match target {
+            RouteTarget::Local => {
+                let mut out = Vec::new();
+                for (claim, idx) in items {
+                    let ctx = self.ctx.clone();
+                    let c = claim.clone();
+                    let outcomes =
+                        tokio::task::spawn_blocking(move || deliver_local(&ctx, &c, &idx))
+                            .await
+                            .unwrap_or_default();
+                    out.push((claim, outcomes));
+                }
+                out
+            }
+            RouteTarget::Mx => defer_all(
+                items,
+                "MX delivery is not available in this build; route the domain via an endpoint",
+            ),
+            RouteTarget::Via(urls) => self.deliver_smtp(&urls, items).await,
+        }
+    }
+
+    async fn connect(&self, urls: &[String]) -> Result<SmtpClient, String> {
+        let mut last = String::from("no endpoint");
+        for url in urls {
+            let endpoint = match Endpoint::parse(url) {
+                Ok(e) => e,
+                Err(e) => {
+                    last = e.to_string();
+                    continue;
+                }
+            };
+            let attempt = async {
+                let link = self
+                    .registry
+                    .connect(&endpoint)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                SmtpClient::handshake(link, self.settings.client.clone())
+                    .await
+                    .map_err(|e| format!("{url}: {e}"))
+            };
+            match tokio::time::timeout(self.settings.connect_timeout, attempt).await {
+                Ok(Ok(client)) => return Ok(client),
+                Ok(Err(e)) => last = e,
+                Err(_) => {
+                    last = format!(
+                        "{url}: no answer within {:?}",
+                        self.settings.connect_timeout
+                    )
+                }
+            }
+            warn!(endpoint = %url, error = %last, "next hop unavailable");
+        }
+        Err(last)
+    }
+
+    async fn deliver_smtp(&self, urls: &[String], items: HopItems) -> Outcomes {
+        let mut client = match self.connect(urls).await {
+            Ok(c) => c,
+            Err(e) => return defer_all(items, &e),
+        };
+        let mut out = Vec::new();
+        let mut broken: Option<String> = None;
+        let mut rest = items.into_iter();
+        for (claim, idx) in rest.by_ref() {
+            let c = claim.clone();
+            let idx2 = idx.clone();
+            let prepared = tokio::task::spawn_blocking(move || prepare(&c, &idx2)).await;
+            let (envelope, body) = match prepared {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => {
+                    out.push((
+                        claim,
+                        idx.iter()
+                            .map(|&i| (i, Outcome::Deferred(e.clone())))
+                            .collect(),
+                    ));
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            match client.send(envelope, &body).await {
+                Ok(report) => {
+                    let outcomes = idx
+                        .iter()
+                        .zip(report.recipients.iter())
+                        .map(|(&i, (_, o))| {
+                            let text = o.reply().to_string();
+                            let outcome = match o {
+                                RecipientOutcome::Accepted(_) => Outcome::Delivered(text),
+                                RecipientOutcome::Transient(_) => Outcome::Deferred(text),
+                                RecipientOutcome::Permanent(r) => Outcome::Failed {
+                                    reply: text,
+                                    status: r
+                                        .enhanced()
+                                        .map_or((5, 0, 0), |e| (e.class, e.subject, e.detail)),
+                                },
+                            };
+                            (i, outcome)
+                        })
+                        .collect();
+                    out.push((claim, outcomes));
+                }
+                Err(DriverError::Send(e)) => {
+                    // Nothing was sent: this message cannot go this way.
+                    let reply = format!("not sent: {e}");
+                    out.push((
+                        claim,
+                        idx.iter()
+                            .map(|&i| {
+                                (
+                                    i,
+                                    Outcome::Failed {
+                                        reply: reply.clone(),
+                                        status: (5, 6, 0),
+                                    },
+                                )
+                            })
+                            .collect(),
+                    ));
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    out.push((
+                        claim,
+                        idx.iter()
+                            .map(|&i| (i, Outcome::Deferred(reason.clone())))
+                            .collect(),
+                    ));
+                    broken = Some(reason);
+                    break;
+                }
+            }
+        }
+        match broken {
+            Some(reason) => out.extend(defer_all(rest.collect(), &reason)),
+            None => {
+                let _ = client.quit().await;
+            }
+        }
+        out
+    }
+}
+
+fn defer_all(items: HopItems, reason: &str) -> Outcomes {
+    items
+        .into_iter()
+        .map(|(claim, idx)| {
+            let outcomes = idx
+                .into_iter()
+                .map(|i| (i, Outcome::Deferred(reason.to_string())))
+                .collect();
+            (claim, outcomes)
+        })
+        .collect()
+}
+
+/// Locks every due message that nobody else holds.
+fn claim_due(spool: &Spool, now: u64) -> Result<Vec<Claim>, spool::SpoolError> {
+    let mut out = Vec::new();
+    for id in spool.due(now)? {
+        if let Some(lock) = spool.try_lock(&id)? {
+            // Re-check under the lock: another process may have finished it.
+            if lock.record().is_due(now) {
+                out.push(Arc::new(Mutex::new(lock)));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn read_message(lock: &SpoolLock) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    lock.open_message()
+        .map_err(|e| e.to_string())?
+        .read_to_end(&mut body)
+        .map_err(|e| format!("reading the spooled message: {e}"))?;
+    Ok(body)
+}
+
+/// The envelope (with DSN parameters) and body for some recipients.
+fn prepare(claim: &Claim, idx: &[usize]) -> Result<(Envelope, Vec<u8>), String> {
+    let lock = claim.lock().map_err(|_| "lock poisoned".to_string())?;
+    let record = lock.record();
+    let from = if record.sender.is_empty() {
+        ReversePath::Null
+    } else {
+        ReversePath::parse(&format!("<{}>", record.sender), true).map_err(|e| e.to_string())?
+    };
+    let mut to = Vec::new();
+    let mut rcpt_params = Vec::new();
+    for &i in idx {
+        let r = &record.recipients[i];
+        to.push(ForwardPath::parse(&format!("<{}>", r.address), true).map_err(|e| e.to_string())?);
+        rcpt_params.push(RcptParams {
+            notify: r.notify.as_ref().map(|list| {
+                list.iter()
+                    .filter_map(|n| match n {
+                        spool::Notify::Success => Some(Notify::Success),
+                        spool::Notify::Failure => Some(Notify::Failure),
+                        spool::Notify::Delay => Some(Notify::Delay),
+                        spool::Notify::Never => None,
+                    })
+                    .collect()
+            }),
+            orcpt: r
+                .orcpt
+                .as_ref()
+                .and_then(|o| o.split_once(';'))
+                .map(|(t, a)| (t.to_string(), a.to_string())),
+        });
+    }
+    let envelope = Envelope {
+        from,
+        to,
+        dsn: MailParams {
+            ret: record.ret.map(|r| match r {
+                spool::Ret::Full => smtplink_engine::Ret::Full,
+                spool::Ret::Hdrs => smtplink_engine::Ret::Hdrs,
+            }),
+            envid: record.envid.clone(),
+            ..MailParams::default()
+        },
+        rcpt_params,
+    };
+    Ok((envelope, read_message(&lock)?))
+}
+
+/// Delivers some recipients of a spooled message into local Maildirs.
+fn deliver_local(ctx: &RelayContext, claim: &Claim, idx: &[usize]) -> Vec<(usize, Outcome)> {
+    let result = (|| -> Result<(), String> {
+        let lock = claim.lock().map_err(|_| "lock poisoned".to_string())?;
+        let record = lock.record();
+        let names: Vec<String> = idx
+            .iter()
+            .map(|&i| {
+                let to = ForwardPath::parse(&format!("<{}>", record.recipients[i].address), true);
+                match to {
+                    Ok(to) => crate::backend::local_mailbox(&to, &ctx.hostname),
+                    Err(_) => record.recipients[i].address.clone(),
+                }
+            })
+            .collect();
+        let body = read_message(&lock)?;
+        // The final delivery adds Return-Path (RFC 5321 4.4); the Received:
+        // fields are in the spooled message already.
+        let header = format!(
+            "Return-Path: <{}>\r\n",
+            record.sender.replace(['\r', '\n'], "")
+        );
+        let first = names.first().ok_or("no recipients")?;
+        let mut w = ctx
+            .store
+            .begin_with_header(first, header.as_bytes(), SystemTime::now())
+            .map_err(|e| e.to_string())?;
+        w.write_all(&body).map_err(|e| e.to_string())?;
+        w.commit(&names).map_err(|e| e.to_string())?;
+        Ok(())
+    })();
+    let outcome = match result {
+        Ok(()) => Outcome::Delivered("stored in the local Maildir".into()),
+        Err(e) => Outcome::Deferred(format!("local delivery failed: {e}")),
+    };
+    idx.iter().map(|&i| (i, outcome.clone())).collect()
+}
+
+/// Whether the sender asked for (or did not refuse) failure notices.
+fn wants_failure_dsn(notify: &Option<Vec<spool::Notify>>) -> bool {
+    notify
+        .as_ref()
+        .is_none_or(|n| n.contains(&spool::Notify::Failure))
+}
+
+/// Applies every outcome: records states, queues bounces, removes finished
+/// messages, and drops the locks.
+fn finish(
+    ctx: &RelayContext,
+    spool: &Spool,
+    retry: RetryPolicy,
+    claimed: Vec<Claim>,
+    results: Outcomes,
+    now: u64,
+) -> RunStats {
+    let mut stats = RunStats::default();
+    // Only the outcome lists keep claims alive from here on, so a finished
+    // message's lock can be taken back for removal; the rest unlock here.
+    drop(claimed);
+    // Outcomes per message.
+    let mut per_message: Outcomes = Vec::new();
+    for (claim, outcomes) in results {
+        match per_message.iter_mut().find(|(c, _)| Arc::ptr_eq(c, &claim)) {
+            Some((_, list)) => list.extend(outcomes),
+            None => per_message.push((claim, outcomes)),
+        }
+    }
+    for (claim, outcomes) in per_message {
+        let Ok(mut lock) = claim.lock() else { continue };
+        let record = lock.record().clone();
+        // Decide each recipient's new state; permanent failures owed a DSN
+        // are collected for one bounce.
+        let mut failed_for_bounce: Vec<(usize, String, (u8, u16, u16))> = Vec::new();
+        let mut changes: Vec<(usize, RecipientState, Option<u64>, String)> = Vec::new();
+        for (i, outcome) in outcomes {
+            let Some(r) = record.recipients.get(i) else {
+                continue;
+            };
+            let attempts = r.attempts + 1;
+            match outcome {
+                Outcome::Delivered(reply) => {
+                    stats.delivered += 1;
+                    changes.push((i, RecipientState::Delivered, None, reply));
+                }
+                Outcome::Deferred(reply) => match retry.next_attempt(attempts, record.arrived, now)
+                {
+                    Some(next) => {
+                        stats.deferred += 1;
+                        changes.push((i, RecipientState::Pending, Some(next), reply));
+                    }
+                    None => {
+                        let reply = format!("gave up after {attempts} attempts: {reply}");
+                        failed_for_bounce.push((i, reply.clone(), (4, 4, 7)));
+                        changes.push((i, RecipientState::Failed, None, reply));
+                    }
+                },
+                Outcome::Failed { reply, status } => {
+                    failed_for_bounce.push((i, reply.clone(), status));
+                    changes.push((i, RecipientState::Failed, None, reply));
+                }
+            }
+        }
+        stats.failed += failed_for_bounce.len();
+        let owed: Vec<&(usize, String, (u8, u16, u16))> = failed_for_bounce
+            .iter()
+            .filter(|(i, _, _)| {
+                !record.is_bounce
+                    && !bounce::is_bounce_sender(&record.sender)
+                    && wants_failure_dsn(&record.recipients[*i].notify)
+            })
+            .collect();
+        let mut bounced = false;
+        if !owed.is_empty() {
+            // Queue the bounce before recording the failure: a crash in
+            // between sends it twice, never not at all.
+            match queue_bounce(ctx, spool, &lock, &record, &owed, now) {
+                Ok(()) => {
+                    stats.bounces += 1;
+                    bounced = true;
+                }
+                Err(e) => {
+                    warn!(error = %e, id = %record.id.as_str(), "cannot queue a bounce; will retry");
+                    continue;
+                }
+            }
+        }
+        let owed_idx: Vec<usize> = owed.iter().map(|(i, _, _)| *i).collect();
+        let updated = lock.update(|rec| {
+            for (i, state, next, reply) in &changes {
+                if let Some(r) = rec.recipients.get_mut(*i) {
+                    r.attempts += 1;
+                    r.last_attempt = Some(now);
+                    r.last_reply = Some(reply.clone());
+                    r.state = if *state == RecipientState::Failed && bounced && owed_idx.contains(i)
+                    {
+                        RecipientState::Bounced
+                    } else {
+                        *state
+                    };
+                    if let Some(next) = next {
+                        r.next_attempt = *next;
+                    }
+                }
+            }
+        });
+        if let Err(e) = updated {
+            warn!(error = %e, "cannot record delivery outcomes");
+            continue;
+        }
+        if !lock.record().has_pending() {
+            drop(lock);
+            if let Ok(m) = Arc::try_unwrap(claim) {
+                if let Ok(lock) = m.into_inner() {
+                    let id = lock.id().as_str().to_string();
+                    match lock.remove() {
+                        Ok(()) => info!(id, "message done; removed from the spool"),
+                        Err(e) => warn!(error = %e, id, "cannot remove a finished message"),
+                    }
+                }
+            }
+        }
+    }
+    stats
+}
+
+/// Renders and spools a bounce for `owed` recipients of `record`.
+fn queue_bounce(
+    ctx: &RelayContext,
+    spool: &Spool,
+    lock: &SpoolLock,
+    record: &EnvelopeRecord,
+    owed: &[&(usize, String, (u8, u16, u16))],
+    now: u64,
+) -> Result<(), String> {
+    let original = read_message(lock)?;
+    let recipients: Vec<FailedRecipient> = owed
+        .iter()
+        .map(|(i, reply, status)| {
+            let r = &record.recipients[*i];
+            FailedRecipient {
+                final_recipient: &r.address,
+                original_recipient: r.orcpt.as_deref(),
+                action: Action::Failed,
+                status: *status,
+                remote_mta: r.next_hop.as_deref(),
+                diagnostic: Some(reply.as_str()),
+                last_attempt: Some(to_time(now)),
+                will_retry_until: None,
+            }
+        })
+        .collect();
+    let message = bounce::render_bounce(&BounceInput {
+        reporting_mta: &ctx.hostname,
+        original_sender: &record.sender,
+        envid: record.envid.as_deref(),
+        arrival: to_time(record.arrived),
+        now: to_time(now),
+        recipients: &recipients,
+        original: &original,
+        ret: match record.ret {
+            Some(spool::Ret::Full) => bounce::Ret::Full,
+            _ => bounce::Ret::Headers,
+        },
+        message_id_domain: &ctx.hostname,
+    });
+    let mut w = spool.begin().map_err(|e| e.to_string())?;
+    w.write_all(&message).map_err(|e| e.to_string())?;
+    let id = w
+        .commit(NewEnvelope {
+            sender: String::new(),
+            arrived: now,
+            peer: "bounce".into(),
+            helo: ctx.hostname.clone(),
+            envid: None,
+            ret: None,
+            is_bounce: true,
+            recipients: vec![NewRecipient::new(record.sender.clone())],
+        })
+        .map_err(|e| e.to_string())?;
+    info!(bounce = %id.as_str(), original = %record.id.as_str(), to = %record.sender, "bounce queued");
+    Ok(())
+}
