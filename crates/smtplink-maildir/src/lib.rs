@@ -43,7 +43,7 @@ mod trace;
 pub use error::MaildirError;
 pub use mailbox::{mailbox_dir_name, MAX_MAILBOX_NAME_LEN};
 pub use store::{MaildirStore, MessageWriter};
-pub use trace::TraceInfo;
+pub use trace::{rfc5322_date, TraceInfo};
 
 #[cfg(test)]
 mod tests;

@@ -256,9 +256,13 @@ fn address_literal(ip: IpAddr) -> String {
     }
 }
 
-/// Formats a time as an RFC 5322 date-time in UTC, e.g.
-/// `Thu, 03 Dec 2026 13:42:36 +0000`.
-pub(crate) fn rfc5322_date(t: SystemTime) -> String {
+/// Formats a time as an RFC 5322 3.3 date-time in UTC, e.g.
+/// `Thu, 03 Dec 2026 13:42:36 +0000`. Times outside the years 1900..=9999
+/// (which the grammar cannot express) are clamped to them.
+pub fn rfc5322_date(t: SystemTime) -> String {
+    // 1900-01-01T00:00:00Z and 9999-12-31T23:59:59Z.
+    const MIN: i64 = -2_208_988_800;
+    const MAX: i64 = 253_402_300_799;
     let secs: i64 = match t.duration_since(UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         Err(e) => {
@@ -267,7 +271,8 @@ pub(crate) fn rfc5322_date(t: SystemTime) -> String {
             // Round down, so 0.5 s before the epoch is 23:59:59.
             -whole.saturating_add(i64::from(d.subsec_nanos() > 0))
         }
-    };
+    }
+    .clamp(MIN, MAX);
     let days = secs.div_euclid(86_400);
     let of_day = secs.rem_euclid(86_400);
     let (year, month, day) = civil_from_days(days);

@@ -207,31 +207,9 @@ pub fn header_section(message: &[u8]) -> &[u8] {
     message
 }
 
-/// Formats a time as an RFC 5322 3.3 date-time in UTC, e.g.
-/// `Thu, 03 Dec 2026 13:42:36 +0000`. Times outside the years 1900..=9999
-/// (which the grammar cannot express) are clamped to them.
-pub fn rfc5322_date(t: SystemTime) -> String {
-    // 1900-01-01T00:00:00Z and 9999-12-31T23:59:59Z.
-    const MIN: i64 = -2_208_988_800;
-    const MAX: i64 = 253_402_300_799;
-    let secs = unix_seconds(t).0.clamp(MIN, MAX);
-    let days = secs.div_euclid(86_400);
-    let of_day = secs.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
-    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    // 1970-01-01 was a Thursday; rem_euclid keeps the index in 0..7.
-    let weekday = WEEKDAYS[days.rem_euclid(7) as usize];
-    let month_name = MONTHS[(month as usize + 11) % 12];
-    format!(
-        "{weekday}, {day:02} {month_name} {year:04} {:02}:{:02}:{:02} +0000",
-        of_day / 3600,
-        of_day % 3600 / 60,
-        of_day % 60
-    )
-}
+/// Formats a time as an RFC 5322 date-time in UTC (shared with the
+/// Maildir trace fields, so every date smtplink writes looks the same).
+pub use smtplink_maildir::rfc5322_date;
 
 /// Whole seconds since the epoch (rounded down, so negative before it) and
 /// the nanoseconds past that second.
@@ -252,22 +230,6 @@ fn unix_seconds(t: SystemTime) -> (i64, u32) {
             }
         }
     }
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian (year, month 1..=12,
-/// day 1..=31): Howard Hinnant's `civil_from_days`.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days.saturating_add(719_468);
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // day of era, 0..=146096
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // 0..=399
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // 0..=365
-    let mp = (5 * doy + 2) / 153; // month counted from March, 0..=11
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    // Both are small and positive by construction.
-    (year, month as u32, day as u32)
 }
 
 /// The hard line limit of RFC 5322 2.1.1, CRLF excluded.
@@ -942,38 +904,6 @@ BODY-ONLY-MARKER\r\n";
         v.iter()
             .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
             .collect()
-    }
-
-    #[test]
-    fn bounce_civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
-        assert_eq!(civil_from_days(20_790), (2026, 12, 3));
-        assert_eq!(civil_from_days(-25_567), (1900, 1, 1));
-        assert_eq!(civil_from_days(2_932_896), (9999, 12, 31));
-        // Day by day over four centuries, against a naive count.
-        let (mut y, mut m, mut d) = (1970i64, 1u32, 1u32);
-        for days in 0..146_097 {
-            assert_eq!(civil_from_days(days), (y, m, d), "day {days}");
-            let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-            let len = match m {
-                2 if leap => 29,
-                2 => 28,
-                4 | 6 | 9 | 11 => 30,
-                _ => 31,
-            };
-            d += 1;
-            if d > len {
-                d = 1;
-                m += 1;
-                if m > 12 {
-                    m = 1;
-                    y += 1;
-                }
-            }
-        }
     }
 
     #[test]
