@@ -87,20 +87,31 @@ impl Serve {
     /// Starts `smtplink serve` on an ephemeral port with its Maildir in a
     /// fresh temporary directory, plus any extra arguments.
     pub fn start(extra: &[&str]) -> Serve {
+        Self::start_named("mx.test", extra)
+    }
+
+    /// As [`Serve::start`], with this host name, and the relay's spool in
+    /// the same temporary directory (`spool()`).
+    pub fn start_named(hostname: &str, extra: &[&str]) -> Serve {
         let dir = tempfile::tempdir().unwrap();
-        let maildir = dir.path().join("maildir");
         let mut cmd = smtplink();
         cmd.args([
             "serve",
             "--listen",
             "tcp://127.0.0.1:0",
             "--hostname",
-            "mx.test",
+            hostname,
         ])
         .arg("--maildir")
-        .arg(&maildir)
+        .arg(dir.path().join("maildir"))
+        .arg("--spool")
+        .arg(dir.path().join("spool"))
         .args(extra);
         Self::spawn(cmd, dir)
+    }
+
+    pub fn spool(&self) -> PathBuf {
+        self.dir.path().join("spool")
     }
 
     /// Spawns a prepared `serve` command and waits until it listens.
@@ -243,6 +254,25 @@ pub fn split_trace(stored: &[u8]) -> (String, Vec<u8>) {
         String::from_utf8(stored[..pos].to_vec()).unwrap(),
         stored[pos..].to_vec(),
     )
+}
+
+/// Strips the leading `Return-Path:` and every leading `Received:` field
+/// (with continuation lines): what the hops added in front of a message.
+pub fn strip_trace(stored: &[u8]) -> &[u8] {
+    let mut pos = 0;
+    loop {
+        let rest = &stored[pos..];
+        let is_trace = rest.starts_with(b"Return-Path:")
+            || rest.starts_with(b"Received:")
+            || (pos > 0 && (rest.starts_with(b"\t") || rest.starts_with(b" ")));
+        if !is_trace {
+            return rest;
+        }
+        match rest.windows(2).position(|w| w == b"\r\n") {
+            Some(end) => pos += end + 2,
+            None => return rest,
+        }
+    }
 }
 
 /// Asserts the trace block is what RFC 5321 4.4 asks for.

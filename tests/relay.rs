@@ -1,0 +1,321 @@
+//! The store-and-forward relay end to end: two `smtplink serve` processes
+//! over loopback TCP, real clients (Python's smtplib) in front, and the
+//! `smtplink queue` command.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Sends every message with one smtplib session each; prints "ok N".
+const SMTPLIB_BATCH: &str = r#"
+import smtplib, sys, json
+port, spec = int(sys.argv[1]), json.load(open(sys.argv[2]))
+for m in spec:
+    with smtplib.SMTP('127.0.0.1', port, local_hostname='client.test') as s:
+        refused = s.sendmail(m['from'], m['to'], open(m['file'], 'rb').read(), mail_options=m['opts'])
+        assert not refused, refused
+print('ok', len(spec))
+"#;
+
+/// A message of about `size` bytes: 8-bit text, lines starting with dots.
+fn message(i: usize, size: usize) -> Vec<u8> {
+    let mut m = format!(
+        "From: a@example.org\r\nTo: several\r\nSubject: relay test {i}\r\nMessage-ID: <{i}@example.org>\r\n\r\n"
+    )
+    .into_bytes();
+    let mut n = 0u32;
+    while m.len() < size {
+        n += 1;
+        let line = match n % 4 {
+            0 => format!(".dot line {n} of message {i}"),
+            1 => format!("caf\u{e9} na\u{ef}ve line {n} \u{2014} \u{fc}ber"),
+            2 => "..".to_string(),
+            _ => format!("{:>70}", n),
+        };
+        m.extend_from_slice(line.as_bytes());
+        m.extend_from_slice(b"\r\n");
+    }
+    m
+}
+
+fn smtplib_batch(port: u16, dir: &Path, messages: &[(Vec<u8>, Vec<String>)]) {
+    let mut spec = Vec::new();
+    for (i, (body, to)) in messages.iter().enumerate() {
+        let file = dir.join(format!("m{i}.eml"));
+        std::fs::write(&file, body).unwrap();
+        spec.push(format!(
+            "{{\"from\": \"a@example.org\", \"to\": [{}], \"file\": \"{}\", \"opts\": [\"BODY=8BITMIME\"]}}",
+            to.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(","),
+            file.display()
+        ));
+    }
+    let spec_file = dir.join("spec.json");
+    std::fs::write(&spec_file, format!("[{}]", spec.join(","))).unwrap();
+    let out = Command::new("python3")
+        .args(["-c", SMTPLIB_BATCH, &port.to_string()])
+        .arg(&spec_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "smtplib: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn queue(spool: &Path, args: &[&str], routes: &[&str]) -> Output {
+    let mut cmd = smtplink();
+    cmd.arg("queue").arg("--spool").arg(spool);
+    for r in routes {
+        cmd.args(["--route", r]);
+    }
+    cmd.args(args).output().unwrap()
+}
+
+fn spool_is_empty(spool: &Path) -> bool {
+    std::fs::read_dir(spool.join("env")).map_or(true, |mut d| d.next().is_none())
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A routes example.net to B; 50 messages of mixed sizes (up to 2 MiB,
+/// 8-bit, dot lines) to several recipients each land in B's Maildirs
+/// byte-identical apart from the trace fields, and A's spool empties.
+#[test]
+fn two_nodes_relay_fifty_messages() {
+    if require_tool("python3").is_none() {
+        return;
+    }
+    let b = Serve::start_named("b.test", &[]);
+    let route = format!("example.net=tcp://127.0.0.1:{}", b.port);
+    let a = Serve::start_named("a.test", &["--route", &route]);
+    let work = tempfile::tempdir().unwrap();
+    let sizes = [200, 5_000, 64_000, 300_000, 2 * 1024 * 1024];
+    let messages: Vec<(Vec<u8>, Vec<String>)> = (0..50)
+        .map(|i| {
+            let to = (0..1 + i % 3)
+                .map(|r| format!("user{}@example.net", (i + r) % 7))
+                .collect();
+            (message(i, sizes[i % sizes.len()]), to)
+        })
+        .collect();
+    smtplib_batch(a.port, work.path(), &messages);
+    let expected: usize = messages.iter().map(|(_, to)| to.len()).sum();
+    wait_for("every copy at B", Duration::from_secs(120), || {
+        all_files(&b.maildir())
+            .iter()
+            .filter(|p| p.parent().unwrap().ends_with("new"))
+            .count()
+            >= expected
+    });
+    for (i, (body, to)) in messages.iter().enumerate() {
+        for rcpt in to {
+            let found = delivered(&b.maildir(), rcpt).into_iter().any(|f| {
+                let stored = std::fs::read(&f).unwrap();
+                strip_trace(&stored) == body.as_slice()
+            });
+            assert!(found, "message {i} for {rcpt} not at B byte-identical");
+        }
+    }
+    let total = all_files(&b.maildir())
+        .iter()
+        .filter(|p| p.parent().unwrap().ends_with("new"))
+        .count();
+    assert_eq!(total, expected, "duplicates at B");
+    wait_for("A's spool to empty", Duration::from_secs(10), || {
+        spool_is_empty(&a.spool())
+    });
+}
+
+/// B is down: A queues and `queue list` shows each message with its
+/// connection error and next attempt; B comes up; `queue flush` delivers.
+#[test]
+fn queue_while_next_hop_is_down_then_flush() {
+    if require_tool("python3").is_none() {
+        return;
+    }
+    let b_port = free_port();
+    let route = format!("example.net=tcp://127.0.0.1:{b_port}");
+    let a = Serve::start_named("a.test", &["--route", &route]);
+    let work = tempfile::tempdir().unwrap();
+    let messages: Vec<(Vec<u8>, Vec<String>)> = (0..3)
+        .map(|i| (message(i, 2_000), vec![format!("bob{i}@example.net")]))
+        .collect();
+    smtplib_batch(a.port, work.path(), &messages);
+    // A's worker tries at once and fails: the records say why and when next.
+    wait_for("a failed attempt", Duration::from_secs(20), || {
+        let out = queue(&a.spool(), &["list"], &[]);
+        String::from_utf8_lossy(&out.stdout)
+            .matches("attempts 1")
+            .count()
+            == 3
+    });
+    let out = queue(&a.spool(), &["list"], &[]);
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{list}");
+    for i in 0..3 {
+        assert!(list.contains(&format!("bob{i}@example.net")), "{list}");
+    }
+    assert!(list.contains("Connection refused"), "{list}");
+    assert!(list.contains("next try in"), "{list}");
+    // B comes up on the port A routes to.
+    let b_dir = tempfile::tempdir().unwrap();
+    let mut cmd = smtplink();
+    cmd.args([
+        "serve",
+        "--listen",
+        &format!("tcp://127.0.0.1:{b_port}"),
+        "--hostname",
+        "b.test",
+    ])
+    .arg("--maildir")
+    .arg(b_dir.path().join("maildir"));
+    let b = Serve::spawn(cmd, b_dir);
+    let out = queue(&a.spool(), &["flush"], &[&route]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("delivered 3"), "{said}");
+    for (i, (body, _)) in messages.iter().enumerate() {
+        let files = delivered(&b.maildir(), &format!("bob{i}@example.net"));
+        assert_eq!(files.len(), 1);
+        assert_eq!(
+            strip_trace(&std::fs::read(&files[0]).unwrap()),
+            body.as_slice()
+        );
+    }
+    assert!(spool_is_empty(&a.spool()));
+    let out = queue(&a.spool(), &["list"], &[]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("queue is empty"));
+}
+
+/// B refuses one recipient (550) and takes the other: the first earns a
+/// DSN (RFC 3464) delivered into the sender's Maildir on A, the second is
+/// delivered once.
+#[test]
+fn permanent_failure_bounces_to_the_sender() {
+    if require_tool("python3").is_none() {
+        return;
+    }
+    // B takes example.net only; other.example.net is "relaying denied".
+    let b = Serve::start_named("b.test", &["--route", "example.net=local"]);
+    let hop = format!("tcp://127.0.0.1:{}", b.port);
+    let a = Serve::start_named(
+        "a.test",
+        &[
+            "--route",
+            &format!("example.net={hop}"),
+            "--route",
+            &format!("other.example.net={hop}"),
+            "--route",
+            "example.org=local",
+        ],
+    );
+    let work = tempfile::tempdir().unwrap();
+    let body = message(1, 1_000);
+    smtplib_batch(
+        a.port,
+        work.path(),
+        &[(
+            body.clone(),
+            vec!["good@example.net".into(), "bad@other.example.net".into()],
+        )],
+    );
+    wait_for("the bounce at A", Duration::from_secs(30), || {
+        !delivered(&a.maildir(), "a@example.org").is_empty()
+    });
+    let bounce = std::fs::read(&delivered(&a.maildir(), "a@example.org")[0]).unwrap();
+    let text = String::from_utf8_lossy(&bounce);
+    // Sent from the null sender, as RFC 3464 / RFC 5321 6.1 require.
+    assert!(text.starts_with("Return-Path: <>\r\n"), "{text}");
+    assert!(text.contains("multipart/report"), "{text}");
+    assert!(text.contains("report-type=delivery-status"), "{text}");
+    assert!(
+        text.contains("Final-Recipient: rfc822;bad@other.example.net"),
+        "{text}"
+    );
+    assert!(text.contains("Action: failed"), "{text}");
+    assert!(text.contains("Status: 5.7.1"), "{text}");
+    assert!(text.contains("Relaying denied"), "{text}");
+    assert!(
+        !text.contains("Final-Recipient: rfc822;good@example.net"),
+        "{text}"
+    );
+    let good = delivered(&b.maildir(), "good@example.net");
+    assert_eq!(good.len(), 1);
+    assert_eq!(
+        strip_trace(&std::fs::read(&good[0]).unwrap()),
+        body.as_slice()
+    );
+    wait_for("A's spool to empty", Duration::from_secs(10), || {
+        spool_is_empty(&a.spool())
+    });
+}
+
+/// A next hop that accepts connections but never says anything: with the
+/// give-up age at a few seconds, the message bounces with a clear reason.
+#[test]
+fn silent_next_hop_gives_up_and_bounces() {
+    if require_tool("python3").is_none() {
+        return;
+    }
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let route = format!("example.com=tcp://{}", silent.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("a.toml");
+    std::fs::write(
+        &config,
+        "[relay]\nfirst_retry = 1\nmax_retry_interval = 1\ngive_up = 3\nconnect_timeout = 1\n",
+    )
+    .unwrap();
+    let mut cmd = smtplink();
+    cmd.args([
+        "serve",
+        "--listen",
+        "tcp://127.0.0.1:0",
+        "--hostname",
+        "a.test",
+    ])
+    .arg("--config")
+    .arg(&config)
+    .arg("--maildir")
+    .arg(dir.path().join("maildir"))
+    .arg("--spool")
+    .arg(dir.path().join("spool"))
+    .args(["--route", &route, "--route", "example.org=local"]);
+    let a = Serve::spawn(cmd, dir);
+    let work = tempfile::tempdir().unwrap();
+    smtplib_batch(
+        a.port,
+        work.path(),
+        &[(message(7, 500), vec!["x@example.com".into()])],
+    );
+    wait_for("the give-up bounce", Duration::from_secs(60), || {
+        !delivered(&a.maildir(), "a@example.org").is_empty()
+    });
+    let bounce = std::fs::read(&delivered(&a.maildir(), "a@example.org")[0]).unwrap();
+    let text = String::from_utf8_lossy(&bounce);
+    assert!(
+        text.contains("Final-Recipient: rfc822;x@example.com"),
+        "{text}"
+    );
+    assert!(text.contains("gave up after"), "{text}");
+    assert!(text.contains("no answer within"), "{text}");
+    drop(silent);
+}
