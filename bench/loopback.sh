@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Loopback throughput: Postfix's smtp-source drives `smtplink serve` and
 # Postfix's smtp-sink in the same run, and prints messages per second for
-# each and their ratio. smtp-sink stores nothing; smtplink fsyncs every
+# each and their ratio; then drives a relaying `smtplink serve` (spool +
+# forward to smtp-sink). smtp-sink stores nothing; smtplink fsyncs every
 # message into a Maildir before its 250, so the ratio says how close
 # durable storage gets to a bare sink. This is a benchmark, not a test.
 #
@@ -37,8 +38,16 @@ link_port=$(free_port)
 RUST_LOG=warn ./target/release/smtplink serve --listen "tcp://127.0.0.1:$link_port" \
   --maildir "$work/maildir" --hostname bench.test &
 pids+=($!)
+# A relay: spools every message (fsync'd before the 250) and forwards it
+# to smtp-sink.
+relay_port=$(free_port)
+RUST_LOG=warn ./target/release/smtplink serve --listen "tcp://127.0.0.1:$relay_port" \
+  --maildir "$work/relay-maildir" --spool "$work/spool" --hostname relay.test \
+  --route "*=tcp://127.0.0.1:$sink_port" &
+pids+=($!)
 wait_port "$sink_port"
 wait_port "$link_port"
+wait_port "$relay_port"
 
 # Runs smtp-source and prints messages per second.
 rate() {
@@ -62,3 +71,17 @@ for mode in "new connection per message" "connection reuse (-d)"; do
   ratio=$(python3 -c "print(f'{$l / $s:.3f}')")
   printf '%-28s %10s/s %10s/s %8s   (stored: %s)\n' "$mode" "$s" "$l" "$ratio" "$stored"
 done
+
+# Accepted into the relay's spool (each fsync'd before its 250) while the
+# worker forwards to smtp-sink; then how long the queue takes to drain.
+start=$(date +%s.%N)
+r=$(rate "$relay_port" -d)
+for _ in $(seq 600); do
+  [ -z "$(ls -A "$work/spool/env" 2>/dev/null)" ] && break
+  sleep 0.1
+done
+end=$(date +%s.%N)
+left=$(ls "$work/spool/env" 2>/dev/null | wc -l)
+printf 'relay, spooled (-d)         accepted %s/s; all relayed to smtp-sink at %s/s (left in spool: %s)\n' \
+  "$r" "$(python3 -c "print(f'{$messages / ($end - $start):.0f}')")" "$left"
+

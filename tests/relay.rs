@@ -319,3 +319,59 @@ fn silent_next_hop_gives_up_and_bounces() {
     assert!(text.contains("no answer within"), "{text}");
     drop(silent);
 }
+
+/// More `Received:` fields than `max_hops` (default 50) is a mail loop
+/// (RFC 5321 6.3): refused with 554 5.4.6, nothing stored or queued.
+#[test]
+fn a_message_that_loops_is_refused() {
+    if require_tool("python3").is_none() {
+        return;
+    }
+    let b = Serve::start_named("b.test", &[]);
+    let route = format!("example.net=tcp://127.0.0.1:{}", b.port);
+    let a = Serve::start_named("a.test", &["--route", &route]);
+    let with_hops = |n: usize| {
+        let mut m = String::new();
+        for i in 0..n {
+            m.push_str(&format!(
+                "Received: from hop{i}.example by hop{}.example; Thu, 03 Dec 2026 13:42:36 +0000\r\n",
+                i + 1
+            ));
+        }
+        m + "Subject: round and round\r\n\r\nbody\r\n"
+    };
+    let looping = with_hops(51);
+    let file = a.dir.path().join("loop.eml");
+    std::fs::write(&file, &looping).unwrap();
+    let script = r#"
+import smtplib, sys
+try:
+    with smtplib.SMTP('127.0.0.1', int(sys.argv[1])) as s:
+        s.sendmail('a@example.org', ['x@example.net'], open(sys.argv[2], 'rb').read())
+    print('accepted')
+except smtplib.SMTPDataError as e:
+    print('refused', e.smtp_code, e.smtp_error.decode())
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &a.port.to_string()])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.starts_with("refused 554 5.4.6"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(spool_is_empty(&a.spool()));
+    // 50 fields is still fine.
+    let fifty = with_hops(50);
+    assert_eq!(fifty.matches("Received:").count(), 50);
+    std::fs::write(&file, &fifty).unwrap();
+    let out = Command::new("python3")
+        .args(["-c", script, &a.port.to_string()])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("accepted"));
+}
