@@ -21,7 +21,7 @@ use smtplink_relay::{RelayBackend, RelayContext, RoutingTable, Worker, WorkerSet
 use crate::config::{ServeConfig, DEFAULT_CONFIG};
 
 /// sysexits.h: temporary failure, try again later.
-const EX_TEMPFAIL: u8 = 75;
+pub(crate) const EX_TEMPFAIL: u8 = 75;
 /// sysexits.h: configuration error.
 pub(crate) const EX_CONFIG: u8 = 78;
 
@@ -290,6 +290,13 @@ async fn serve(
             }
         }
     }
+    let (ctx, spool) = match relay_context(&cfg) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("smtplink: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
     let settings = ServerSettings {
         engine: ServerConfig {
             hostname: cfg.hostname.clone(),
@@ -299,6 +306,8 @@ async fn serve(
             max_recipients: cfg.recipients,
             max_errors: cfg.errors,
             bare_line_endings: cfg.bare_line_endings,
+            // DSN is offered only when we can send notifications: when relaying.
+            dsn: spool.is_some(),
             ..ServerConfig::default()
         },
         command_timeout: cfg.command_timeout,
@@ -307,16 +316,6 @@ async fn serve(
         max_sessions_per_peer: cfg.sessions_per_peer,
         ..ServerSettings::default()
     };
-    let (ctx, spool) = match relay_context(&cfg) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("smtplink: {e}");
-            return ExitCode::from(EX_CONFIG);
-        }
-    };
-    // DSN is offered only when we can send notifications: when relaying.
-    let mut settings = settings;
-    settings.engine.dsn = spool.is_some();
     let server = Server::new(settings, Arc::new(RelayBackend::new(ctx.clone())));
     let worker_stop = server.shutdown().graceful;
     if let Some(spool) = spool {

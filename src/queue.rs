@@ -9,7 +9,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use smtplink_relay::spool::{MessageId, RecipientState, Spool};
 use smtplink_relay::Worker;
 
-use crate::{load_config, registry, relay_context, worker_settings, QueueAction, EX_CONFIG};
+use crate::{
+    load_config, registry, relay_context, worker_settings, QueueAction, EX_CONFIG, EX_TEMPFAIL,
+};
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -129,7 +131,7 @@ pub(crate) async fn run(
                 },
                 Ok(None) => {
                     eprintln!("smtplink: {id} is being delivered right now; try again in a moment");
-                    ExitCode::from(75)
+                    ExitCode::from(EX_TEMPFAIL)
                 }
                 Err(e) => {
                     eprintln!("smtplink: {id}: {e}");
@@ -162,7 +164,7 @@ pub(crate) async fn run(
                 stats.delivered, stats.deferred, stats.failed, stats.bounces
             );
             if stats.deferred > 0 {
-                ExitCode::from(75)
+                ExitCode::from(EX_TEMPFAIL)
             } else {
                 ExitCode::SUCCESS
             }
