@@ -38,6 +38,8 @@ pub struct Relay {
     pub give_up: Option<u64>,
     pub max_hops: Option<usize>,
     pub connect_timeout: Option<u64>,
+    pub mx_port: Option<u16>,
+    pub resolver: Option<String>,
 }
 
 /// One `[[route]]`: `domain` (`example.net`, `*.example.net`, `*`) and
@@ -101,6 +103,8 @@ pub struct ServeConfig {
     pub retry: smtplink_relay::RetryPolicy,
     pub max_hops: usize,
     pub connect_timeout: Duration,
+    pub mx_port: u16,
+    pub resolver: smtplink_relay::mx::ResolverChoice,
 }
 
 /// A configuration error, already phrased for the user.
@@ -218,7 +222,16 @@ impl ServeConfig {
             },
             max_hops: pick!(relay.max_hops),
             connect_timeout: Duration::from_secs(pick!(relay.connect_timeout)),
+            mx_port: pick!(relay.mx_port),
+            resolver: pick!(relay.resolver)
+                .parse()
+                .map_err(|e| ConfigError(format!("{origin}: `relay.resolver`: {e}")))?,
         };
+        if config.mx_port == 0 {
+            return Err(ConfigError(format!(
+                "{origin}: `relay.mx_port` must not be 0"
+            )));
+        }
         config
             .check()
             .map_err(|e| ConfigError(format!("{origin}: {}", e.0)))?;
@@ -339,6 +352,32 @@ mod tests {
             e.0.starts_with("site.toml:2: key `limits.bare_line_endings`:"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn mx_port_and_resolver() {
+        use smtplink_relay::mx::ResolverChoice;
+        let c = ServeConfig::resolve("t", None).unwrap();
+        assert_eq!((c.mx_port, c.resolver), (25, ResolverChoice::System));
+        let f = parse(
+            "t.toml",
+            "[relay]\nmx_port = 2525\nresolver = \"127.0.0.1:5353\"\n",
+        )
+        .unwrap();
+        let c = ServeConfig::resolve("t.toml", Some(f)).unwrap();
+        assert_eq!(c.mx_port, 2525);
+        assert_eq!(
+            c.resolver,
+            ResolverChoice::Nameserver("127.0.0.1:5353".parse().unwrap())
+        );
+        for bad in [
+            "[relay]\nresolver = \"dns.example\"\n",
+            "[relay]\nmx_port = 0\n",
+        ] {
+            let f = parse("t.toml", bad).unwrap();
+            let e = ServeConfig::resolve("t.toml", Some(f)).unwrap_err();
+            assert!(e.0.starts_with("t.toml: `relay."), "{e}");
+        }
     }
 
     #[test]

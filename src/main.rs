@@ -412,6 +412,8 @@ pub(crate) fn worker_settings(cfg: &ServeConfig) -> WorkerSettings {
         },
         retry: cfg.retry,
         connect_timeout: cfg.connect_timeout,
+        mx_port: cfg.mx_port,
+        resolver: cfg.resolver,
         ..WorkerSettings::default()
     }
 }

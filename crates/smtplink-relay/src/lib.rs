@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod bounce;
+pub mod mx;
 pub mod retry;
 pub mod route;
 pub mod spool;

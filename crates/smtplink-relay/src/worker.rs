@@ -25,6 +25,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::backend::RelayContext;
 use crate::bounce::{self, Action, BounceInput, FailedRecipient};
+use crate::mx::{ResolverChoice, SharedResolver};
 use crate::retry::RetryPolicy;
 use crate::route::RouteTarget;
 use crate::spool::{
@@ -42,6 +43,10 @@ pub struct WorkerSettings {
     pub connect_timeout: Duration,
     /// How often to look for due messages when nothing wakes the worker.
     pub poll_interval: Duration,
+    /// The port of mail exchangers found by MX lookup (`mx` routes).
+    pub mx_port: u16,
+    /// The DNS resolver for MX lookups.
+    pub resolver: ResolverChoice,
 }
 
 impl Default for WorkerSettings {
@@ -51,6 +56,8 @@ impl Default for WorkerSettings {
             retry: RetryPolicy::default(),
             connect_timeout: Duration::from_secs(30),
             poll_interval: Duration::from_secs(2),
+            mx_port: 25,
+            resolver: ResolverChoice::System,
         }
     }
 }
@@ -79,6 +86,9 @@ enum Outcome {
     },
 }
 
+/// Recipient domains of an `mx` route served at once.
+const MX_DOMAINS_AT_ONCE: usize = 8;
+
 /// A message claimed for this pass (its lock held) and the recipients of
 /// it that a hop is to deliver.
 type Claim = Arc<Mutex<SpoolLock>>;
@@ -95,6 +105,7 @@ pub struct Worker {
     spool: Arc<Spool>,
     registry: Registry,
     settings: WorkerSettings,
+    mx: Arc<SharedResolver>,
 }
 
 fn unix_now() -> u64 {
@@ -115,11 +126,13 @@ impl Worker {
         registry: Registry,
         settings: WorkerSettings,
     ) -> Self {
+        let mx = Arc::new(SharedResolver::new(settings.resolver));
         Self {
             ctx,
             spool,
             registry,
             settings,
+            mx,
         }
     }
 
@@ -232,15 +245,18 @@ impl Worker {
             ctx: self.ctx.clone(),
             registry: self.registry.clone(),
             settings: self.settings.clone(),
+            mx: self.mx.clone(),
         }
     }
 }
 
 /// What a per-hop task needs.
+#[derive(Clone)]
 struct HopWorker {
     ctx: Arc<RelayContext>,
     registry: Registry,
     settings: WorkerSettings,
+    mx: Arc<SharedResolver>,
 }
 
 impl HopWorker {
@@ -259,11 +275,80 @@ impl HopWorker {
                 }
                 out
             }
-            RouteTarget::Mx => defer_all(
-                items,
-                "MX delivery is not available in this build; route the domain via an endpoint",
-            ),
+            RouteTarget::Mx => self.deliver_mx(items).await,
             RouteTarget::Via(urls) => self.deliver_smtp(&urls, items).await,
+        }
+    }
+
+    /// `mx` routes: each recipient domain is its own hop, found by MX
+    /// lookup (see [`crate::mx`]); a few domains are served at once.
+    async fn deliver_mx(&self, items: HopItems) -> Outcomes {
+        let mut by_domain: BTreeMap<String, HopItems> = BTreeMap::new();
+        for (claim, idx) in items {
+            let mut per_domain: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+            {
+                let Ok(lock) = claim.lock() else { continue };
+                let record = lock.record();
+                for i in idx {
+                    let Some(r) = record.recipients.get(i) else {
+                        continue;
+                    };
+                    let domain = r.address.rsplit_once('@').map_or("", |(_, d)| d);
+                    per_domain
+                        .entry(domain.to_ascii_lowercase())
+                        .or_default()
+                        .push(i);
+                }
+            }
+            for (domain, idx) in per_domain {
+                by_domain
+                    .entry(domain)
+                    .or_default()
+                    .push((claim.clone(), idx));
+            }
+        }
+        let limit = Arc::new(tokio::sync::Semaphore::new(MX_DOMAINS_AT_ONCE));
+        let mut tasks = JoinSet::new();
+        for (domain, items) in by_domain {
+            let hop = self.clone();
+            let limit = limit.clone();
+            let span = info_span!("mx", domain = %domain);
+            tasks.spawn(
+                async move {
+                    let _permit = limit.acquire_owned().await;
+                    hop.deliver_domain(&domain, items).await
+                }
+                .instrument(span),
+            );
+        }
+        let mut out = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            if let Ok(r) = done {
+                out.extend(r);
+            }
+        }
+        out
+    }
+
+    /// Resolves one domain's mail exchangers and delivers to them.
+    async fn deliver_domain(&self, domain: &str, items: HopItems) -> Outcomes {
+        let resolver = match self.mx.get() {
+            Ok(r) => r,
+            Err(e) => return defer_all(items, &format!("MX lookup for {domain}: {e}")),
+        };
+        match resolver.next_hops(domain, self.settings.mx_port).await {
+            Ok(urls) => {
+                info!(?urls, "mail exchangers");
+                self.deliver_smtp(&urls, items).await
+            }
+            Err(e) if e.is_permanent() => {
+                warn!(error = %e, "no mail exchanger");
+                fail_all(items, &e.to_string(), e.status())
+            }
+            Err(e) => {
+                warn!(error = %e, "MX lookup failed; will retry");
+                defer_all(items, &e.to_string())
+            }
         }
     }
 
@@ -388,6 +473,27 @@ impl HopWorker {
         }
         out
     }
+}
+
+fn fail_all(items: HopItems, reply: &str, status: (u8, u16, u16)) -> Outcomes {
+    items
+        .into_iter()
+        .map(|(claim, idx)| {
+            let outcomes = idx
+                .into_iter()
+                .map(|i| {
+                    (
+                        i,
+                        Outcome::Failed {
+                            reply: reply.to_string(),
+                            status,
+                        },
+                    )
+                })
+                .collect();
+            (claim, outcomes)
+        })
+        .collect()
 }
 
 fn defer_all(items: HopItems, reason: &str) -> Outcomes {
