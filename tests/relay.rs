@@ -375,3 +375,77 @@ except smtplib.SMTPDataError as e:
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("accepted"));
 }
+
+/// RFC 3461 NOTIFY honoured: SUCCESS to a next hop without DSN earns a
+/// "relayed" notice; NEVER on a refused recipient earns no bounce.
+#[test]
+fn notify_success_and_never_are_honoured() {
+    if require_tool("python3").is_none() {
+        return;
+    }
+    // B relays nothing, so it does not offer DSN.
+    let b = Serve::start_named("b.test", &["--route", "example.net=local"]);
+    let hop = format!("tcp://127.0.0.1:{}", b.port);
+    let a = Serve::start_named(
+        "a.test",
+        &[
+            "--route",
+            &format!("example.net={hop}"),
+            "--route",
+            &format!("other.example.net={hop}"),
+            "--route",
+            "example.org=local",
+        ],
+    );
+    let file = a.dir.path().join("dsn.eml");
+    std::fs::write(&file, message(3, 800)).unwrap();
+    let script = r#"
+import smtplib, sys
+with smtplib.SMTP('127.0.0.1', int(sys.argv[1])) as s:
+    s.ehlo('client.test')
+    assert s.has_extn('dsn'), s.esmtp_features
+    msg = open(sys.argv[2], 'rb').read()
+    s.mail('a@example.org', ['RET=HDRS', 'ENVID=QQ314159'])
+    assert s.rcpt('good@example.net', ['NOTIFY=SUCCESS', 'ORCPT=rfc822;Good@example.net'])[0] == 250
+    assert s.rcpt('bad@other.example.net', ['NOTIFY=NEVER'])[0] == 250
+    code, _ = s.data(msg)
+    assert code == 250, code
+print('sent')
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &a.port.to_string()])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("the success notice at A", Duration::from_secs(30), || {
+        !delivered(&a.maildir(), "a@example.org").is_empty()
+    });
+    wait_for("A's spool to empty", Duration::from_secs(10), || {
+        spool_is_empty(&a.spool())
+    });
+    let notices = delivered(&a.maildir(), "a@example.org");
+    assert_eq!(
+        notices.len(),
+        1,
+        "exactly one notice: success for good, none for NEVER"
+    );
+    let text = String::from_utf8_lossy(&std::fs::read(&notices[0]).unwrap()).into_owned();
+    assert!(
+        text.contains("Final-Recipient: rfc822;good@example.net"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Original-Recipient: rfc822;Good@example.net"),
+        "{text}"
+    );
+    assert!(text.contains("Original-Envelope-Id: QQ314159"), "{text}");
+    assert!(text.contains("Action: relayed"), "{text}");
+    assert!(!text.contains("bad@other.example.net"), "{text}");
+    assert_eq!(delivered(&b.maildir(), "good@example.net").len(), 1);
+}

@@ -53,6 +53,7 @@
 //! |--------------------------------|------------------------------------|------------------------------|
 //! | files in `tmp/`                | crash while receiving or updating  | deleted                      |
 //! | `msg/<id>` without a record    | crash inside commit (never acked), or inside [`SpoolLock::remove`] | deleted |
+//! | a record with no pending recipient | crash between the last [`SpoolLock::update`] and [`SpoolLock::remove`] | removed with its message |
 //! | a record without `msg/<id>`    | damage                             | logged, moved to `corrupt/`  |
 //! | a record that does not parse   | damage                             | logged, moved to `corrupt/` with its message |
 //! | `lock/<id>` with neither       | crash inside begin or remove       | deleted                      |
@@ -139,6 +140,10 @@ pub struct Recovery {
     pub moved_to_corrupt: Vec<MessageId>,
     /// Lock files found with neither record nor message, deleted.
     pub locks_removed: usize,
+    /// Messages whose record had no pending recipient left (all delivered,
+    /// or failed with their bounce queued), removed: the holder crashed
+    /// before it could remove them.
+    pub finished_removed: usize,
 }
 
 impl Recovery {
@@ -165,6 +170,7 @@ impl Spool {
                 orphans_removed = recovery.orphans_removed,
                 moved_to_corrupt = recovery.moved_to_corrupt.len(),
                 locks_removed = recovery.locks_removed,
+                finished_removed = recovery.finished_removed,
                 "spool recovered"
             );
         }
@@ -331,7 +337,14 @@ impl Spool {
             let suspect = !seen.staging.is_empty()
                 || seen.msg != seen.env
                 || (seen.lock && !seen.env)
-                || (seen.env && matches!(self.load(&id), Err(SpoolError::Record { .. })));
+                || (seen.env
+                    && match self.load(&id) {
+                        Err(SpoolError::Record { .. }) => true,
+                        // Finished, but not removed: nothing would ever
+                        // pick it up again (it is never due).
+                        Ok(record) => !record.has_pending(),
+                        Err(_) => false,
+                    });
             if suspect {
                 self.recover_one(&id, &seen, &mut report)?;
             }
@@ -360,11 +373,21 @@ impl Spool {
         let msg = self.message_path(id);
         let has_env = exists(&env)?;
         let has_msg = exists(&msg)?;
-        let unreadable = match self.load(id) {
+        let loaded = self.load(id);
+        let finished = matches!(&loaded, Ok(record) if !record.has_pending());
+        let unreadable = match loaded {
             Err(e @ SpoolError::Record { .. }) => Some(e.to_string()),
             _ => None,
         };
         match (has_env, has_msg) {
+            (true, _) if finished => {
+                // What SpoolLock::remove would have done: record first.
+                tracing::info!(id = %id, "spool: removing a finished message (no recipient pending)");
+                remove_if_present(&env, "remove envelope record")?;
+                sync_dir(&self.dir(ENV))?;
+                remove_if_present(&msg, "remove message")?;
+                report.finished_removed += 1;
+            }
             (true, true) if unreadable.is_none() => {
                 drop(lock); // a healthy message
                 return Ok(());

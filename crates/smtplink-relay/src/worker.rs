@@ -78,7 +78,14 @@ pub struct RunStats {
 /// One recipient's result in this pass.
 #[derive(Debug, Clone)]
 enum Outcome {
-    Delivered(String),
+    /// Accepted. `report` says which success notice (RFC 3461 NOTIFY=SUCCESS)
+    /// is ours to send: `Delivered` for a final delivery here, `Relayed`
+    /// for a next hop that does not offer DSN; `None` when the next hop
+    /// offers DSN and so reports itself.
+    Delivered {
+        reply: String,
+        report: Option<Action>,
+    },
     Deferred(String),
     Failed {
         reply: String,
@@ -412,6 +419,7 @@ impl HopWorker {
                 }
                 Err(_) => continue,
             };
+            let hop_dsn = client.capabilities().dsn;
             match client.send(envelope, &body).await {
                 Ok(report) => {
                     let outcomes = idx
@@ -420,7 +428,10 @@ impl HopWorker {
                         .map(|(&i, (_, o))| {
                             let text = o.reply().to_string();
                             let outcome = match o {
-                                RecipientOutcome::Accepted(_) => Outcome::Delivered(text),
+                                RecipientOutcome::Accepted(_) => Outcome::Delivered {
+                                    reply: text,
+                                    report: (!hop_dsn).then_some(Action::Relayed),
+                                },
                                 RecipientOutcome::Transient(_) => Outcome::Deferred(text),
                                 RecipientOutcome::Permanent(r) => Outcome::Failed {
                                     reply: text,
@@ -612,10 +623,28 @@ fn deliver_local(ctx: &RelayContext, claim: &Claim, idx: &[usize]) -> Vec<(usize
         Ok(())
     })();
     let outcome = match result {
-        Ok(()) => Outcome::Delivered("stored in the local Maildir".into()),
+        Ok(()) => Outcome::Delivered {
+            reply: "stored in the local Maildir".into(),
+            report: Some(Action::Delivered),
+        },
         Err(e) => Outcome::Deferred(format!("local delivery failed: {e}")),
     };
     idx.iter().map(|&i| (i, outcome.clone())).collect()
+}
+
+/// One recipient the sender gets a notice about.
+struct Notice {
+    idx: usize,
+    reply: String,
+    status: (u8, u16, u16),
+    action: Action,
+}
+
+/// Whether the sender asked for success notices (RFC 3461 4.1).
+fn wants_success_dsn(notify: &Option<Vec<spool::Notify>>) -> bool {
+    notify
+        .as_ref()
+        .is_some_and(|n| n.contains(&spool::Notify::Success))
 }
 
 /// Whether the sender asked for (or did not refuse) failure notices.
@@ -650,9 +679,10 @@ fn finish(
     for (claim, outcomes) in per_message {
         let Ok(mut lock) = claim.lock() else { continue };
         let record = lock.record().clone();
-        // Decide each recipient's new state; permanent failures owed a DSN
-        // are collected for one bounce.
-        let mut failed_for_bounce: Vec<(usize, String, (u8, u16, u16))> = Vec::new();
+        // Decide each recipient's new state; what the sender is owed a
+        // notice about (failures, and successes it asked for) goes into one
+        // DSN.
+        let mut notices: Vec<Notice> = Vec::new();
         let mut changes: Vec<(usize, RecipientState, Option<u64>, String)> = Vec::new();
         for (i, outcome) in outcomes {
             let Some(r) = record.recipients.get(i) else {
@@ -660,8 +690,16 @@ fn finish(
             };
             let attempts = r.attempts + 1;
             match outcome {
-                Outcome::Delivered(reply) => {
+                Outcome::Delivered { reply, report } => {
                     stats.delivered += 1;
+                    if let (Some(action), true) = (report, wants_success_dsn(&r.notify)) {
+                        notices.push(Notice {
+                            idx: i,
+                            reply: reply.clone(),
+                            status: (2, 0, 0),
+                            action,
+                        });
+                    }
                     changes.push((i, RecipientState::Delivered, None, reply));
                 }
                 Outcome::Deferred(reply) => match retry.next_attempt(attempts, record.arrived, now)
@@ -672,23 +710,36 @@ fn finish(
                     }
                     None => {
                         let reply = format!("gave up after {attempts} attempts: {reply}");
-                        failed_for_bounce.push((i, reply.clone(), (4, 4, 7)));
+                        stats.failed += 1;
+                        notices.push(Notice {
+                            idx: i,
+                            reply: reply.clone(),
+                            status: (4, 4, 7),
+                            action: Action::Failed,
+                        });
                         changes.push((i, RecipientState::Failed, None, reply));
                     }
                 },
                 Outcome::Failed { reply, status } => {
-                    failed_for_bounce.push((i, reply.clone(), status));
+                    stats.failed += 1;
+                    notices.push(Notice {
+                        idx: i,
+                        reply: reply.clone(),
+                        status,
+                        action: Action::Failed,
+                    });
                     changes.push((i, RecipientState::Failed, None, reply));
                 }
             }
         }
-        stats.failed += failed_for_bounce.len();
-        let owed: Vec<&(usize, String, (u8, u16, u16))> = failed_for_bounce
+        // Never a notice about a notice (RFC 3461 6.1 / RFC 5321 6.1).
+        let owed: Vec<&Notice> = notices
             .iter()
-            .filter(|(i, _, _)| {
+            .filter(|n| {
                 !record.is_bounce
                     && !bounce::is_bounce_sender(&record.sender)
-                    && wants_failure_dsn(&record.recipients[*i].notify)
+                    && (n.action != Action::Failed
+                        || wants_failure_dsn(&record.recipients[n.idx].notify))
             })
             .collect();
         let mut bounced = false;
@@ -706,7 +757,11 @@ fn finish(
                 }
             }
         }
-        let owed_idx: Vec<usize> = owed.iter().map(|(i, _, _)| *i).collect();
+        let owed_idx: Vec<usize> = owed
+            .iter()
+            .filter(|n| n.action == Action::Failed)
+            .map(|n| n.idx)
+            .collect();
         let updated = lock.update(|rec| {
             for (i, state, next, reply) in &changes {
                 if let Some(r) = rec.recipients.get_mut(*i) {
@@ -745,27 +800,28 @@ fn finish(
     stats
 }
 
-/// Renders and spools a bounce for `owed` recipients of `record`.
+/// Renders and spools a delivery status notification (a bounce, or a
+/// success report) for `owed` recipients of `record`.
 fn queue_bounce(
     ctx: &RelayContext,
     spool: &Spool,
     lock: &SpoolLock,
     record: &EnvelopeRecord,
-    owed: &[&(usize, String, (u8, u16, u16))],
+    owed: &[&Notice],
     now: u64,
 ) -> Result<(), String> {
     let original = read_message(lock)?;
     let recipients: Vec<FailedRecipient> = owed
         .iter()
-        .map(|(i, reply, status)| {
-            let r = &record.recipients[*i];
+        .map(|n| {
+            let r = &record.recipients[n.idx];
             FailedRecipient {
                 final_recipient: &r.address,
                 original_recipient: r.orcpt.as_deref(),
-                action: Action::Failed,
-                status: *status,
+                action: n.action,
+                status: n.status,
                 remote_mta: r.next_hop.as_deref(),
-                diagnostic: Some(reply.as_str()),
+                diagnostic: Some(n.reply.as_str()),
                 last_attempt: Some(to_time(now)),
                 will_retry_until: None,
             }

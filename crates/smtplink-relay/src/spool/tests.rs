@@ -313,6 +313,46 @@ fn recovery_leaves_locked_messages_alone() {
     assert!(!other.message_path(&mid).exists());
 }
 
+/// A crash after the worker recorded the last outcome but before it removed
+/// the message leaves a record with nothing pending: never due again, so
+/// recovery removes it (and leaves a message with a pending recipient).
+#[test]
+fn recovery_removes_a_finished_message_left_by_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let done = queue(&spool, b"done\r\n", &["a@x", "b@x"], 1);
+    let half = queue(&spool, b"half\r\n", &["a@x", "b@x"], 1);
+    for (id, states) in [
+        (&done, [RecipientState::Delivered, RecipientState::Bounced]),
+        (&half, [RecipientState::Delivered, RecipientState::Pending]),
+    ] {
+        let mut lock = spool.try_lock(id).unwrap().unwrap();
+        lock.update(|r| {
+            for (rcpt, state) in r.recipients.iter_mut().zip(states) {
+                rcpt.state = state;
+            }
+        })
+        .unwrap();
+        drop(lock); // the "crash": no remove()
+    }
+    assert!(!spool.load(&done).unwrap().is_due(u64::MAX), "never due");
+
+    assert_eq!(
+        spool.recover().unwrap(),
+        Recovery {
+            finished_removed: 1,
+            ..Recovery::default()
+        }
+    );
+    assert_only(dir.path(), &[&half]);
+    assert!(!dir.path().join("lock").join(done.as_str()).exists());
+    assert!(Spool::open(dir.path())
+        .unwrap()
+        .recover()
+        .unwrap()
+        .is_clean());
+}
+
 /// Locks are per open file description: two handles in one process
 /// conflict, which is what lets threads of one server exclude each other.
 #[test]
