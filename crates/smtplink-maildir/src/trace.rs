@@ -422,6 +422,23 @@ mod tests {
             rfc5322_date(at(2_147_483_648)),
             "Tue, 19 Jan 2038 03:14:08 +0000"
         );
+        assert_eq!(
+            rfc5322_date(at(T) + Duration::from_millis(999)),
+            "Thu, 03 Dec 2026 13:42:36 +0000"
+        );
+        assert_eq!(
+            rfc5322_date(UNIX_EPOCH - Duration::from_secs(86_400)),
+            "Wed, 31 Dec 1969 00:00:00 +0000"
+        );
+        // Clamped to the years the RFC 5322 grammar can express.
+        assert_eq!(
+            rfc5322_date(UNIX_EPOCH - Duration::from_secs(3_000_000_000)),
+            "Mon, 01 Jan 1900 00:00:00 +0000"
+        );
+        assert_eq!(
+            rfc5322_date(at(400_000_000_000)),
+            "Fri, 31 Dec 9999 23:59:59 +0000"
+        );
     }
 
     #[test]

@@ -175,6 +175,15 @@ impl HopCounter {
 }
 
 impl RelaySession {
+    /// The Maildir names of the recipients delivered here.
+    fn local_names(&self) -> Vec<String> {
+        self.recipients
+            .iter()
+            .filter(|r| r.local)
+            .map(|r| r.address.clone())
+            .collect()
+    }
+
     fn clear(&mut self) {
         self.recipients.clear();
         self.local = None;
@@ -283,13 +292,7 @@ impl SessionHandler for RelaySession {
             // The `for` clause only names a single recipient (Bcc privacy).
             recipients: self.recipients.iter().map(|r| r.address.clone()).collect(),
         };
-        let locals: Vec<String> = self
-            .recipients
-            .iter()
-            .filter(|r| r.local)
-            .map(|r| r.address.clone())
-            .collect();
-        if let Some(first) = locals.first().cloned() {
+        if let Some(first) = self.local_names().first().cloned() {
             let header = trace.render(self.ctx.store.hostname(), now);
             let ctx = self.ctx.clone();
             self.local = Some(
@@ -382,12 +385,7 @@ impl SessionHandler for RelaySession {
             queued = Some((spool, id));
         }
         if let Some(writer) = self.local.take() {
-            let locals: Vec<String> = self
-                .recipients
-                .iter()
-                .filter(|r| r.local)
-                .map(|r| r.address.clone())
-                .collect();
+            let locals = self.local_names();
             let stored = blocking("storing the message", move || writer.commit(&locals)).await;
             if let Err(reply) = stored {
                 if let Some((spool, id)) = queued {
