@@ -55,7 +55,7 @@ impl Default for ServerSettings {
 static SESSION_COUNTER: AtomicU64 = AtomicU64::new(1);
 
 /// A session id unique across restarts (it goes into Received: ids and
-/// logs): the process start time in hex, then a counter.
+/// logs): the process start time and pid in hex, then a counter.
 fn next_session_id() -> String {
     static EPOCH: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     let epoch = *EPOCH.get_or_init(|| {
@@ -64,7 +64,8 @@ fn next_session_id() -> String {
             .map_or(0, |d| d.as_secs())
     });
     let n = SESSION_COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{epoch:X}.{n}")
+    // The pid too: two processes started in the same second must differ.
+    format!("{epoch:X}.{:X}.{n}", std::process::id())
 }
 
 /// The two stages of stopping a server.

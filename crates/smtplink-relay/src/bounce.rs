@@ -907,7 +907,6 @@ BODY-ONLY-MARKER\r\n";
     }
 
     #[test]
-    #[test]
     fn bounce_null_sender_only() {
         assert!(is_bounce_sender(""));
         assert!(is_bounce_sender("<>"));

@@ -5,9 +5,10 @@
 //!
 //! A message leaves the spool only when no recipient is pending: each was
 //! delivered (the next hop said 250), or failed with a bounce queued first.
-//! Outcomes are written to the envelope record right after each message's
-//! transaction, so a crash can at worst repeat one transaction: a
-//! duplicate, never a loss (RFC 5321 6.1).
+//! Deliveries are written to the envelope record right after each
+//! message's transaction (other outcomes at the end of the pass), so a
+//! crash repeats at most the transaction in flight: a duplicate, never a
+//! loss (RFC 5321 6.1).
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -422,7 +423,7 @@ impl HopWorker {
             let hop_dsn = client.capabilities().dsn;
             match client.send(envelope, &body).await {
                 Ok(report) => {
-                    let outcomes = idx
+                    let outcomes: Vec<(usize, Outcome)> = idx
                         .iter()
                         .zip(report.recipients.iter())
                         .map(|(&i, (_, o))| {
@@ -443,6 +444,15 @@ impl HopWorker {
                             (i, outcome)
                         })
                         .collect();
+                    // Record deliveries now, not at the end of the pass: a
+                    // crash later in the pass must not send them again.
+                    let c = claim.clone();
+                    let outcomes = tokio::task::spawn_blocking(move || {
+                        record_deliveries(&c, &outcomes);
+                        outcomes
+                    })
+                    .await
+                    .unwrap_or_default();
                     out.push((claim, outcomes));
                 }
                 Err(DriverError::Send(e)) => {
@@ -632,6 +642,46 @@ fn deliver_local(ctx: &RelayContext, claim: &Claim, idx: &[usize]) -> Vec<(usize
     idx.iter().map(|&i| (i, outcome.clone())).collect()
 }
 
+/// Marks recipients the next hop accepted as delivered, right after the
+/// transaction. Those owed a success notice are left to [`finish`], which
+/// queues the notice before recording the state, so it cannot be lost.
+fn record_deliveries(claim: &Claim, outcomes: &[(usize, Outcome)]) {
+    let now = unix_now();
+    let Ok(mut lock) = claim.lock() else { return };
+    let done: Vec<(usize, String)> = outcomes
+        .iter()
+        .filter_map(|(i, o)| match o {
+            Outcome::Delivered { reply, report } => {
+                let owed = report.is_some()
+                    && lock
+                        .record()
+                        .recipients
+                        .get(*i)
+                        .is_some_and(|r| wants_success_dsn(&r.notify));
+                (!owed).then(|| (*i, reply.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    if done.is_empty() {
+        return;
+    }
+    let updated = lock.update(|rec| {
+        for (i, reply) in &done {
+            if let Some(r) = rec.recipients.get_mut(*i) {
+                r.state = RecipientState::Delivered;
+                r.attempts += 1;
+                r.last_attempt = Some(now);
+                r.last_reply = Some(reply.clone());
+            }
+        }
+    });
+    if let Err(e) = updated {
+        // `finish` records it again.
+        warn!(error = %e, "cannot record deliveries yet");
+    }
+}
+
 /// One recipient the sender gets a notice about.
 struct Notice {
     idx: usize,
@@ -688,6 +738,13 @@ fn finish(
             let Some(r) = record.recipients.get(i) else {
                 continue;
             };
+            if r.state != RecipientState::Pending {
+                // Recorded already, right after its transaction.
+                if matches!(outcome, Outcome::Delivered { .. }) {
+                    stats.delivered += 1;
+                }
+                continue;
+            }
             let attempts = r.attempts + 1;
             match outcome {
                 Outcome::Delivered { reply, report } => {
