@@ -37,6 +37,7 @@ pub struct Relay {
     pub max_retry_interval: Option<u64>,
     pub give_up: Option<u64>,
     pub max_hops: Option<usize>,
+    pub sessions_per_hop: Option<usize>,
     pub connect_timeout: Option<u64>,
     pub mx_port: Option<u16>,
     pub resolver: Option<String>,
@@ -102,6 +103,7 @@ pub struct ServeConfig {
     pub routes: Vec<smtplink_relay::Route>,
     pub retry: smtplink_relay::RetryPolicy,
     pub max_hops: usize,
+    pub sessions_per_hop: usize,
     pub connect_timeout: Duration,
     pub mx_port: u16,
     pub resolver: smtplink_relay::mx::ResolverChoice,
@@ -221,6 +223,7 @@ impl ServeConfig {
                 give_up: Duration::from_secs(pick!(relay.give_up)),
             },
             max_hops: pick!(relay.max_hops),
+            sessions_per_hop: pick!(relay.sessions_per_hop),
             connect_timeout: Duration::from_secs(pick!(relay.connect_timeout)),
             mx_port: pick!(relay.mx_port),
             resolver: pick!(relay.resolver)
@@ -242,8 +245,14 @@ impl ServeConfig {
     /// after command-line flags changed anything.
     pub fn check(&self) -> Result<(), ConfigError> {
         // The RFC minimums: a server that accepts less breaks conforming clients.
-        let rules: [(&str, u64, u64, &str); 9] = [
+        let rules: [(&str, u64, u64, &str); 10] = [
             ("limits.sessions", self.sessions as u64, 1, "at least one"),
+            (
+                "relay.sessions_per_hop",
+                self.sessions_per_hop as u64,
+                1,
+                "at least one",
+            ),
             (
                 "limits.sessions_per_peer",
                 self.sessions_per_peer as u64,

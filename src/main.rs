@@ -412,6 +412,7 @@ pub(crate) fn worker_settings(cfg: &ServeConfig) -> WorkerSettings {
         },
         retry: cfg.retry,
         connect_timeout: cfg.connect_timeout,
+        sessions_per_hop: cfg.sessions_per_hop,
         mx_port: cfg.mx_port,
         resolver: cfg.resolver,
         ..WorkerSettings::default()

@@ -184,7 +184,14 @@ fn queue_while_next_hop_is_down_then_flush() {
     .arg("--maildir")
     .arg(b_dir.path().join("maildir"));
     let b = Serve::spawn(cmd, b_dir);
-    let out = queue(&a.spool(), &["flush"], &[&route]);
+    // Flush with three sessions to the hop: one message each.
+    let config = b.dir.path().join("flush.toml");
+    std::fs::write(&config, "[relay]\nsessions_per_hop = 3\n").unwrap();
+    let out = queue(
+        &a.spool(),
+        &["--config", config.to_str().unwrap(), "flush"],
+        &[&route],
+    );
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -192,6 +199,15 @@ fn queue_while_next_hop_is_down_then_flush() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(said.contains("delivered 3"), "{said}");
+    let sessions_at_b = b
+        .log
+        .try_iter()
+        .filter(|l| l.contains("session opened"))
+        .count();
+    assert_eq!(
+        sessions_at_b, 3,
+        "sessions_per_hop = 3 opens three sessions"
+    );
     for (i, (body, _)) in messages.iter().enumerate() {
         let files = delivered(&b.maildir(), &format!("bob{i}@example.net"));
         assert_eq!(files.len(), 1);

@@ -48,6 +48,9 @@ pub struct WorkerSettings {
     pub mx_port: u16,
     /// The DNS resolver for MX lookups.
     pub resolver: ResolverChoice,
+    /// Most sessions open to one next hop at once. 1 suits a slow link
+    /// (a serial line carries one session anyway); more helps a fast one.
+    pub sessions_per_hop: usize,
 }
 
 impl Default for WorkerSettings {
@@ -57,6 +60,7 @@ impl Default for WorkerSettings {
             retry: RetryPolicy::default(),
             connect_timeout: Duration::from_secs(30),
             poll_interval: Duration::from_secs(2),
+            sessions_per_hop: 1,
             mx_port: 25,
             resolver: ResolverChoice::System,
         }
@@ -231,9 +235,20 @@ impl Worker {
         }
         let mut tasks = JoinSet::new();
         for (hop, (target, items)) in hops {
-            let worker = self.clone_parts();
-            let span = info_span!("hop", hop = %hop);
-            tasks.spawn(async move { worker.deliver_hop(target, items).await }.instrument(span));
+            // Up to `sessions_per_hop` sessions, each sending its share of
+            // the messages one after another over one connection.
+            let sessions = self.settings.sessions_per_hop.clamp(1, items.len().max(1));
+            let mut shares: Vec<HopItems> = (0..sessions).map(|_| Vec::new()).collect();
+            for (n, item) in items.into_iter().enumerate() {
+                shares[n % sessions].push(item);
+            }
+            for share in shares {
+                let worker = self.clone_parts();
+                let target = target.clone();
+                let span = info_span!("hop", hop = %hop);
+                tasks
+                    .spawn(async move { worker.deliver_hop(target, share).await }.instrument(span));
+            }
         }
         while let Some(done) = tasks.join_next().await {
             if let Ok(r) = done {
