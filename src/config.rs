@@ -38,6 +38,7 @@ pub struct Relay {
     pub give_up: Option<u64>,
     pub max_hops: Option<usize>,
     pub sessions_per_hop: Option<usize>,
+    pub allow_turn: Option<bool>,
     pub connect_timeout: Option<u64>,
     pub mx_port: Option<u16>,
     pub resolver: Option<String>,
@@ -52,6 +53,9 @@ pub struct RouteEntry {
     pub target: String,
     #[serde(default)]
     pub fallback: Vec<String>,
+    /// Say TURN after sending over this route (trusted point-to-point).
+    #[serde(default)]
+    pub turn: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -104,6 +108,7 @@ pub struct ServeConfig {
     pub retry: smtplink_relay::RetryPolicy,
     pub max_hops: usize,
     pub sessions_per_hop: usize,
+    pub allow_turn: bool,
     pub connect_timeout: Duration,
     pub mx_port: u16,
     pub resolver: smtplink_relay::mx::ResolverChoice,
@@ -213,6 +218,9 @@ impl ServeConfig {
                         target.push(',');
                         target.push_str(f);
                     }
+                    if r.turn {
+                        target.push_str(",turn");
+                    }
                     smtplink_relay::Route::parse(&format!("{}={target}", r.domain))
                         .map_err(|e| ConfigError(format!("{origin}: [[route]] {}: {e}", r.domain)))
                 })
@@ -224,6 +232,7 @@ impl ServeConfig {
             },
             max_hops: pick!(relay.max_hops),
             sessions_per_hop: pick!(relay.sessions_per_hop),
+            allow_turn: pick!(relay.allow_turn),
             connect_timeout: Duration::from_secs(pick!(relay.connect_timeout)),
             mx_port: pick!(relay.mx_port),
             resolver: pick!(relay.resolver)

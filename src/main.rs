@@ -66,6 +66,10 @@ enum Commands {
         /// The relay's queue directory [default: ./spool]
         #[arg(long, value_name = "DIR")]
         spool: Option<PathBuf>,
+        /// Accept TURN from peers and send them the mail routed to `hold`.
+        /// Only on trusted point-to-point links (see `default-config`).
+        #[arg(long)]
+        allow_turn: bool,
     },
     /// Look at and act on the relay's queue (works while `serve` runs).
     Queue {
@@ -138,6 +142,9 @@ pub(crate) fn registry() -> Registry {
         .with("smtp", tcp.clone())
         .with("tcp", tcp)
         .with("mem", Arc::new(smtplink_mem::MemTransport::new()))
+        .with("serial", Arc::new(smtplink_serial::SerialTransport::new()))
+        .with("stdio", Arc::new(smtplink_stdio::StdioTransport::new()))
+        .with("exec", Arc::new(smtplink_stdio::ExecTransport::new()))
 }
 
 /// Parses an endpoint URL; a bare `host:port` gets a hint.
@@ -182,7 +189,10 @@ fn main() -> ExitCode {
             config,
             route,
             spool,
-        } => runtime.block_on(serve(listen, maildir, hostname, config, route, spool)),
+            allow_turn,
+        } => runtime.block_on(serve(
+            listen, maildir, hostname, config, route, spool, allow_turn,
+        )),
         Commands::Queue {
             spool,
             config,
@@ -239,7 +249,10 @@ async fn serve(
     config_path: Option<PathBuf>,
     routes: Vec<String>,
     spool: Option<PathBuf>,
+    allow_turn: bool,
 ) -> ExitCode {
+    // Before anything can say "listening": a Ctrl-C from then on drains.
+    let mut signals = StopSignals::register();
     let mut cfg = match load_config(config_path.as_deref(), &routes, spool) {
         Ok(c) => c,
         Err(e) => {
@@ -256,6 +269,7 @@ async fn serve(
     if let Some(h) = hostname {
         cfg.hostname = h;
     }
+    cfg.allow_turn |= allow_turn;
     if let Err(e) = cfg.check() {
         eprintln!("smtplink: {e}");
         return ExitCode::from(EX_CONFIG);
@@ -316,24 +330,31 @@ async fn serve(
         max_sessions_per_peer: cfg.sessions_per_peer,
         ..ServerSettings::default()
     };
-    let server = Server::new(settings, Arc::new(RelayBackend::new(ctx.clone())));
-    let worker_stop = server.shutdown().graceful;
-    if let Some(spool) = spool {
-        let worker = Arc::new(Worker::new(
-            ctx,
-            spool,
-            registry.clone(),
-            worker_settings(&cfg),
-        ));
+    let settings = Arc::new(settings);
+    // The worker receives the other side's mail after TURN with the same
+    // server setup; the server's backend sends held mail after TURN with
+    // the worker.
+    let worker = spool.map(|spool| {
+        Arc::new(
+            Worker::new(ctx.clone(), spool, registry.clone(), worker_settings(&cfg))
+                .with_turn_server(settings.clone(), Arc::new(RelayBackend::new(ctx.clone()))),
+        )
+    });
+    let mut backend = RelayBackend::new(ctx.clone());
+    if let Some(worker) = &worker {
+        backend = backend.with_worker(worker.clone());
+    }
+    let server = Server::with_shared_settings(settings, Arc::new(backend));
+    if let Some(worker) = worker {
         info!(spool = %cfg.spool.display(), "relay queue active");
-        tokio::spawn(worker.run(worker_stop));
+        tokio::spawn(worker.run(server.shutdown().graceful));
     }
     let shutdown = server.shutdown();
     let grace = cfg.shutdown_grace;
     let forced = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let forced_flag = forced.clone();
     tokio::spawn(async move {
-        wait_for_stop_signal().await;
+        signals.next().await;
         shutdown.graceful.cancel();
         info!(
             ?grace,
@@ -343,7 +364,7 @@ async fn serve(
             _ = tokio::time::sleep(grace) => {
                 warn!(?grace, "sessions still running after the grace period; closing them");
             }
-            _ = wait_for_stop_signal() => warn!("second stop signal; closing every session now"),
+            _ = signals.next() => warn!("second stop signal; closing every session now"),
         }
         // Sessions say 421 and drop unfinished messages (their senders
         // keep them and retry); nothing half-written stays behind.
@@ -362,19 +383,48 @@ async fn serve(
     }
 }
 
-async fn wait_for_stop_signal() {
+/// SIGINT (Ctrl-C) and SIGTERM, registered when this is made: a signal
+/// that arrives before anyone waits is still seen, not fatal.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn register() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Self {
+                interrupt: signal(SignalKind::interrupt()).ok(),
+                terminate: signal(SignalKind::terminate()).ok(),
             }
-            return;
         }
+        #[cfg(not(unix))]
+        Self {}
     }
-    let _ = tokio::signal::ctrl_c().await;
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                _ = recv(&mut self.interrupt) => {}
+                _ = recv(&mut self.terminate) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// The relay's shared context, and the spool when some route relays (a
@@ -397,6 +447,7 @@ pub(crate) fn relay_context(
         spool: spool.clone(),
         max_hops: cfg.max_hops,
         wake: Arc::new(tokio::sync::Notify::new()),
+        allow_turn: cfg.allow_turn,
     });
     Ok((ctx, spool))
 }

@@ -465,3 +465,59 @@ print('sent')
     assert!(!text.contains("bad@other.example.net"), "{text}");
     assert_eq!(delivered(&b.maildir(), "good@example.net").len(), 1);
 }
+
+/// TURN (RFC 821) on a trusted point-to-point route: B holds mail for A's
+/// domain; A calls B to send its own mail, says TURN, and receives B's
+/// held mail in the same session.
+#[test]
+fn turn_brings_back_the_mail_held_for_the_caller() {
+    if require_tool("python3").is_none() {
+        return;
+    }
+    let b = Serve::start_named(
+        "b.test",
+        &[
+            "--allow-turn",
+            "--route",
+            "example.net=local",
+            "--route",
+            "example.org=hold",
+        ],
+    );
+    let work = tempfile::tempdir().unwrap();
+    // Mail for A's users waits at B: nobody dials for `hold`.
+    let held = message(11, 3_000);
+    let mut batch = vec![(held.clone(), vec!["x@example.org".to_string()])];
+    smtplib_batch(b.port, work.path(), &batch);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !spool_is_empty(&b.spool()),
+        "held mail must stay at B until A calls"
+    );
+    // A has mail for B; its route says TURN after sending.
+    let route = format!("example.net=tcp://127.0.0.1:{},turn", b.port);
+    let a = Serve::start_named(
+        "a.test",
+        &["--route", &route, "--route", "example.org=local"],
+    );
+    let outgoing = message(12, 4_000);
+    batch = vec![(outgoing.clone(), vec!["y@example.net".to_string()])];
+    smtplib_batch(a.port, work.path(), &batch);
+    wait_for("B's held mail at A", Duration::from_secs(30), || {
+        !delivered(&a.maildir(), "x@example.org").is_empty()
+    });
+    let got = std::fs::read(&delivered(&a.maildir(), "x@example.org")[0]).unwrap();
+    assert_eq!(strip_trace(&got), held.as_slice());
+    let sent = delivered(&b.maildir(), "y@example.net");
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        strip_trace(&std::fs::read(&sent[0]).unwrap()),
+        outgoing.as_slice()
+    );
+    wait_for("B's spool to empty", Duration::from_secs(10), || {
+        spool_is_empty(&b.spool())
+    });
+    wait_for("A's spool to empty", Duration::from_secs(10), || {
+        spool_is_empty(&a.spool())
+    });
+}

@@ -286,3 +286,50 @@ pub fn assert_trace(trace: &str, reverse_path: &str) {
         "trace headers: {trace:?}"
     );
 }
+
+impl Serve {
+    /// Spawns a prepared `serve` command and waits until a line of its log
+    /// contains `needle`: for listeners that are not on TCP, e.g.
+    /// `"endpoint=serial://"`. `port` is 0.
+    pub fn spawn_until(mut cmd: Command, dir: tempfile::TempDir, needle: &str) -> Serve {
+        let mut child = cmd
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[serve] {line}");
+                let _ = tx.send(line);
+            }
+        });
+        let serve = Serve {
+            child,
+            port: 0,
+            dir,
+            log: rx,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            // On panic `serve` is dropped, which kills the child.
+            let line = serve.log.recv_timeout(left).unwrap_or_else(|e| {
+                panic!(
+                    "smtplink serve never logged {needle:?} ({e}); it said:\n{}",
+                    seen.join("\n")
+                )
+            });
+            let found = line.contains(needle);
+            seen.push(line);
+            if found {
+                return serve;
+            }
+        }
+    }
+}

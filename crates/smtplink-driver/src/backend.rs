@@ -7,7 +7,7 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use smtplink_engine::{ForwardPath, MailParams, RcptParams, Reply, ReversePath};
-use smtplink_transport::LinkInfo;
+use smtplink_transport::{Link, LinkInfo};
 
 /// Facts about a session, for the handler and the trace headers.
 #[derive(Debug, Clone)]
@@ -76,4 +76,16 @@ pub trait SessionHandler: Send {
 
     /// The transaction was reset (RSET, EHLO/HELO): forget the envelope.
     async fn reset(&mut self) {}
+
+    /// TURN (RFC 821 4.1.1): whether to swap roles. Say yes only on a
+    /// trusted point-to-point link: whoever sends TURN gets to receive
+    /// the mail queued for the other side without proving who it is.
+    async fn turn_allowed(&mut self, _info: &SessionInfo) -> bool {
+        false
+    }
+
+    /// TURN was accepted and its 250 sent: `link` now carries a session
+    /// the other way, which this handler runs (as the client). The server
+    /// session is over.
+    async fn turned(&mut self, _info: &SessionInfo, _link: Link) {}
 }

@@ -67,6 +67,15 @@ pub struct ClientSettings {
 /// data-block timer of RFC 5321 4.5.3.2.5 applies per block.
 const WRITE_BLOCK: usize = 64 * 1024;
 
+/// The answer to [`SmtpClient::turn`].
+pub enum Turned {
+    /// The server said 250: the link now carries a session the other way
+    /// (run a server session on it).
+    Link(Link),
+    /// The server refused; the client session goes on.
+    Refused(Box<SmtpClient>, smtplink_engine::Reply),
+}
+
 /// An SMTP client session over a link: connect, send messages, quit.
 pub struct SmtpClient {
     link: Link,
@@ -134,6 +143,25 @@ impl SmtpClient {
         result
     }
 
+    /// Asks the server to swap roles (TURN, RFC 821 4.1.1).
+    pub async fn turn(mut self) -> Result<Turned, DriverError> {
+        self.session
+            .turn()
+            .map_err(|e| DriverError::Send(smtplink_engine::SendError::Api(e)))?;
+        loop {
+            match self.next_event().await {
+                Ok(ClientEvent::Turn(Ok(()))) => return Ok(Turned::Link(self.link)),
+                Ok(ClientEvent::Turn(Err(reply))) => {
+                    return Ok(Turned::Refused(Box::new(self), reply))
+                }
+                // The session closed itself once TURN succeeded; the Turn
+                // event comes first, so a Closed here is a failure.
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// The next event, inside the session's span.
     async fn next_event(&mut self) -> Result<ClientEvent, DriverError> {
         let span = self.span.clone();
@@ -153,7 +181,8 @@ impl SmtpClient {
     async fn step(&mut self) -> Result<Option<ClientEvent>, DriverError> {
         while let Some(out) = self.session.poll_transmit() {
             for block in out.chunks(WRITE_BLOCK) {
-                let timeout = self.settings.timeouts.data_block;
+                let timeout =
+                    self.settings.timeouts.data_block * self.link.info().timeout_scale.max(1);
                 match tokio::time::timeout(timeout, self.link.write_all(block)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(source)) => {
@@ -191,7 +220,8 @@ impl SmtpClient {
         let Some(kind) = self.session.timeout_kind() else {
             return Ok(None);
         };
-        let timeout = self.settings.timeouts.for_kind(kind);
+        // A slow link (a serial line) stretches every timer.
+        let timeout = self.settings.timeouts.for_kind(kind) * self.link.info().timeout_scale.max(1);
         match tokio::time::timeout(timeout, self.link.read(&mut self.buf)).await {
             Ok(Ok(0)) => {
                 debug!("server closed the link");

@@ -8,7 +8,7 @@ use std::time::Duration;
 use smtplink_engine::{
     CloseReason, Reply, ServerConfig, ServerEvent, ServerSession, ServerTimeout,
 };
-use smtplink_transport::{Link, Listener};
+use smtplink_transport::{Link, Listener, TransportError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -155,12 +155,19 @@ async fn run_session(
     let mut buf = vec![0u8; settings.read_buffer.max(512)];
     let mut draining = false;
     let mut command_started = tokio::time::Instant::now();
+    // A slow link (a serial line) stretches every timer.
+    let scale = info.link.timeout_scale.max(1);
     let result = loop {
         handle_events(&mut session, handler.as_mut(), &mut info, &mut state).await;
         if let Some(out) = session.poll_transmit() {
             // A reply means a command was complete: its timer starts over.
             command_started = tokio::time::Instant::now();
-            let write = tokio::time::timeout(settings.command_timeout, link.write_all(&out));
+            // Flush too: a buffering or framing link must not sit on a
+            // reply the client is waiting for.
+            let write = tokio::time::timeout(settings.command_timeout, async {
+                link.write_all(&out).await?;
+                link.flush().await
+            });
             match write.await {
                 Ok(Ok(())) => {}
                 Ok(Err(source)) => {
@@ -173,6 +180,17 @@ async fn run_session(
             }
         }
         if session.is_closed() {
+            if state.close == Some(CloseReason::Turned) {
+                // The 250 is out; the link now carries a session the other
+                // way, run by the handler.
+                info!("TURN accepted; roles swapped");
+                handler.turned(&info, link).await;
+                return Ok(SessionSummary {
+                    id,
+                    messages: state.messages,
+                    close: state.close,
+                });
+            }
             let _ = link.shutdown().await;
             break Ok(());
         }
@@ -184,11 +202,11 @@ async fn run_session(
             // The whole command must arrive in time, not each byte of it:
             // otherwise one byte a minute keeps a session (and its file
             // descriptor) forever.
-            ServerTimeout::Command => settings
-                .command_timeout
-                .saturating_sub(command_started.elapsed()),
+            ServerTimeout::Command => {
+                (settings.command_timeout * scale).saturating_sub(command_started.elapsed())
+            }
             // Between reads while receiving a message (RFC 5321 4.5.3.2.7).
-            ServerTimeout::Data => settings.data_timeout,
+            ServerTimeout::Data => settings.data_timeout * scale,
         };
         tokio::select! {
             read = tokio::time::timeout(timeout, link.read(&mut buf)) => match read {
@@ -291,6 +309,17 @@ async fn handle_events(
                 handler.reset().await;
                 None
             }
+            ServerEvent::Turn => {
+                if handler.turn_allowed(info).await {
+                    Some(Ok(Some("OK, turning around".to_string())))
+                } else {
+                    Some(Err(Reply::new(
+                        smtplink_engine::ReplyCode::NOT_IMPLEMENTED,
+                        smtplink_engine::EnhancedCode::new(5, 5, 1),
+                        "TURN is not allowed on this link",
+                    )))
+                }
+            }
             ServerEvent::Closed { reason } => {
                 debug!(?reason, "engine closed the session");
                 state.close = Some(reason);
@@ -326,8 +355,14 @@ pub struct Server {
 impl Server {
     /// A server with these settings and this backend.
     pub fn new(settings: ServerSettings, backend: Arc<dyn Backend>) -> Self {
+        Self::with_shared_settings(Arc::new(settings), backend)
+    }
+
+    /// A server whose settings are shared with others (e.g. a relay that
+    /// serves sessions after TURN with the same setup).
+    pub fn with_shared_settings(settings: Arc<ServerSettings>, backend: Arc<dyn Backend>) -> Self {
         Self {
-            settings: Arc::new(settings),
+            settings,
             backend,
             shutdown: Shutdown::new(),
         }
@@ -341,6 +376,10 @@ impl Server {
 
     /// Accepts on every listener until shutdown, then waits for the
     /// sessions in flight (each finishes the message it is receiving).
+    ///
+    /// A listener whose `accept` returns [`TransportError::Exhausted`] is
+    /// done; once every listener is, `run` waits for the sessions and
+    /// returns without a shutdown (`stdio:` serves one session this way).
     pub async fn run(&self, listeners: Vec<Box<dyn Listener>>) {
         let mut sessions = JoinSet::new();
         let mut acceptors = JoinSet::new();
@@ -357,6 +396,10 @@ impl Server {
                                 if tx.send(link).await.is_err() {
                                     return;
                                 }
+                            }
+                            Err(TransportError::Exhausted { .. }) => {
+                                debug!(listener = %local, "listener has no more links");
+                                return;
                             }
                             Err(e) => {
                                 warn!(listener = %local, error = %e, "accept failed");
@@ -384,7 +427,8 @@ impl Server {
             }
         }
         acceptors.shutdown().await;
-        if !sessions.is_empty() {
+        // (Not worth saying when the listeners ran out, e.g. after stdio:.)
+        if !sessions.is_empty() && self.shutdown.graceful.is_cancelled() {
             info!(sessions = sessions.len(), "waiting for sessions in flight");
         }
         while sessions.join_next().await.is_some() {}

@@ -252,6 +252,10 @@ pub enum ClientEvent {
     Sent(TransactionReport),
     /// The session is over (QUIT answered, or a fatal error).
     Closed,
+    /// The answer to [`ClientSession::turn`]: `Ok` means the server said
+    /// 250 and the roles have swapped (this client session is over; run a
+    /// server session on the same link), `Err` carries the refusal.
+    Turn(Result<(), Reply>),
 }
 
 /// A failure that ends a client session.
@@ -314,6 +318,7 @@ enum Expect {
     DataEnd,
     Rset,
     Quit,
+    Turn,
 }
 
 #[derive(Debug)]
@@ -436,9 +441,12 @@ impl ClientSession {
             Expect::Rcpt(_) => ClientTimeout::Rcpt,
             Expect::Data => ClientTimeout::DataInit,
             Expect::DataEnd => ClientTimeout::DataTermination,
-            Expect::Ehlo | Expect::Helo | Expect::Mail | Expect::Rset | Expect::Quit => {
-                ClientTimeout::Mail
-            }
+            Expect::Ehlo
+            | Expect::Helo
+            | Expect::Mail
+            | Expect::Rset
+            | Expect::Quit
+            | Expect::Turn => ClientTimeout::Mail,
         })
     }
 
@@ -537,6 +545,16 @@ impl ClientSession {
             self.command(&Command::Data, Expect::Data);
         }
         self.txn = Some(txn);
+        Ok(())
+    }
+
+    /// Asks the server to swap roles (TURN, RFC 821 4.1.1). Only between
+    /// transactions; the answer comes as [`ClientEvent::Turn`].
+    pub fn turn(&mut self) -> Result<(), ApiMisuse> {
+        if !self.is_ready() || !self.expect.is_empty() {
+            return Err(ApiMisuse::NotReady);
+        }
+        self.command(&Command::Turn, Expect::Turn);
         Ok(())
     }
 
@@ -677,6 +695,17 @@ impl ClientSession {
             }
             Expect::Rset => self.finish_transaction(),
             Expect::Quit => self.close(),
+            Expect::Turn => {
+                if reply.code() == ReplyCode::OK {
+                    // This side is a server now; the client session ends
+                    // without QUIT.
+                    self.closed = true;
+                    self.ready = false;
+                    self.events.push_back(ClientEvent::Turn(Ok(())));
+                } else {
+                    self.events.push_back(ClientEvent::Turn(Err(reply)));
+                }
+            }
         }
     }
 

@@ -46,6 +46,8 @@ pub enum Command {
     Expn(String),
     /// `HELP [string]`
     Help(Option<String>),
+    /// `TURN` (RFC 821 4.1.1): swap the client and server roles.
+    Turn,
 }
 
 /// What the parser needs to know about the session to judge a command.
@@ -147,6 +149,7 @@ impl Command {
             Command::Vrfy(_) => "VRFY",
             Command::Expn(_) => "EXPN",
             Command::Help(_) => "HELP",
+            Command::Turn => "TURN",
         }
     }
 
@@ -193,13 +196,14 @@ impl Command {
             }
             "MAIL" => parse_mail(rest.unwrap_or(""), opts),
             "RCPT" => parse_rcpt(rest.unwrap_or(""), opts),
-            "DATA" | "RSET" | "QUIT" => {
+            "DATA" | "RSET" | "QUIT" | "TURN" => {
                 if arg.is_some() {
                     return Err(CommandError::Syntax("No arguments allowed"));
                 }
                 Ok(match verb.as_str() {
                     "DATA" => Command::Data,
                     "RSET" => Command::Rset,
+                    "TURN" => Command::Turn,
                     _ => Command::Quit,
                 })
             }
@@ -237,8 +241,12 @@ impl Command {
                 s.push(' ');
                 s.push_str(a);
             }
-            Command::Data | Command::Rset | Command::Noop | Command::Quit | Command::Help(None) => {
-            }
+            Command::Data
+            | Command::Rset
+            | Command::Noop
+            | Command::Quit
+            | Command::Turn
+            | Command::Help(None) => {}
         }
         s.push_str("\r\n");
         s

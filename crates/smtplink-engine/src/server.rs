@@ -155,6 +155,11 @@ pub enum ServerEvent {
     },
     /// The transaction was abandoned (RSET, or EHLO/HELO mid-transaction).
     TransactionReset,
+    /// TURN (RFC 821 4.1.1). **Decision**: accept only on a trusted
+    /// point-to-point link, where the application then runs a client
+    /// session on the same link (the engine's session ends with the 250);
+    /// reject (502) everywhere else.
+    Turn,
     /// The session is over; flush the remaining output and close the link.
     /// A message whose [`ServerEvent::DataEnd`] has not come is incomplete
     /// and must be dropped.
@@ -175,6 +180,8 @@ pub enum CloseReason {
     Timeout,
     /// The application asked to close (e.g. shutting down).
     Shutdown,
+    /// TURN was accepted: the link now carries a session the other way.
+    Turned,
 }
 
 /// Which RFC 5321 4.5.3.2 timer the driver should run while waiting for input.
@@ -191,6 +198,7 @@ enum Pending {
     Mail,
     Rcpt,
     DataEnd,
+    Turn,
 }
 
 #[derive(Debug)]
@@ -350,6 +358,7 @@ impl ServerSession {
             Some(Pending::Mail) => "Sender OK",
             Some(Pending::Rcpt) => "Recipient OK",
             Some(Pending::DataEnd) => "Message accepted for delivery",
+            Some(Pending::Turn) => "OK, turning around",
             None => return Err(ApiMisuse::NoDecisionPending),
         };
         self.accept_with(text)
@@ -362,7 +371,7 @@ impl ServerSession {
         let enhanced = match pending {
             Pending::Mail => EnhancedCode::new(2, 1, 0),
             Pending::Rcpt => EnhancedCode::new(2, 1, 5),
-            Pending::DataEnd => EnhancedCode::new(2, 0, 0),
+            Pending::DataEnd | Pending::Turn => EnhancedCode::new(2, 0, 0),
         };
         self.send(&Reply::new(ReplyCode::OK, enhanced, text));
         match pending {
@@ -375,6 +384,16 @@ impl ServerSession {
                 }
             }
             Pending::DataEnd => self.txn = None,
+            Pending::Turn => {
+                // The roles swap: this server session is over, and nothing
+                // after TURN in the input belongs to it.
+                self.phase = Phase::Closed;
+                self.input.clear();
+                self.events.push_back(ServerEvent::Closed {
+                    reason: CloseReason::Turned,
+                });
+                return Ok(());
+            }
         }
         self.process();
         Ok(())
@@ -392,6 +411,7 @@ impl ServerSession {
         }
         match self.pending.take() {
             Some(Pending::Mail) | Some(Pending::DataEnd) => self.txn = None,
+            Some(Pending::Turn) => {}
             Some(Pending::Rcpt) => {
                 if let Some(txn) = &mut self.txn {
                     txn.pending_rcpt = None;
@@ -607,6 +627,16 @@ impl ServerSession {
                 (2, 0, 0),
                 "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
             ),
+            Command::Turn => {
+                if self.txn.is_some() {
+                    return self.sequence_error("TURN inside a mail transaction");
+                }
+                if self.helo.is_none() {
+                    return self.sequence_error("Send EHLO or HELO first");
+                }
+                self.pending = Some(Pending::Turn);
+                self.events.push_back(ServerEvent::Turn);
+            }
         }
     }
 

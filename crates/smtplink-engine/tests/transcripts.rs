@@ -59,6 +59,7 @@ transcript_tests!(
     bare_line_endings_reject,
     pipelined_refused_mail,
     dsn,
+    turn,
 );
 
 // The runner must be able to fail: a transcript that is wrong in each way

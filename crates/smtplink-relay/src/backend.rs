@@ -19,11 +19,13 @@ use smtplink_engine::{
     EnhancedCode, ForwardPath, MailParams, Notify, RcptParams, Reply, ReplyCode, ReversePath,
 };
 use smtplink_maildir::{MaildirStore, MessageWriter, TraceInfo};
+use smtplink_transport::Link;
 use tokio::sync::Notify as Wake;
 use tracing::{error, info};
 
 use crate::route::{RouteTarget, RoutingTable};
 use crate::spool::{self, NewEnvelope, NewRecipient, Spool, SpoolWriter};
+use crate::worker::Worker;
 
 /// Default most `Received:` fields before a message counts as looping
 /// (RFC 5321 6.3 leaves the figure to the implementation; 50 is generous
@@ -44,17 +46,28 @@ pub struct RelayContext {
     pub max_hops: usize,
     /// Woken when a message is queued, so the delivery worker starts at once.
     pub wake: Arc<Wake>,
+    /// Accept TURN (RFC 821) from peers: only for trusted point-to-point
+    /// links, since whoever says TURN receives the mail held for the peer
+    /// without proving who it is (why RFC 5321 dropped it).
+    pub allow_turn: bool,
 }
 
 /// The relay's [`Backend`].
 pub struct RelayBackend {
     ctx: Arc<RelayContext>,
+    worker: Option<Arc<Worker>>,
 }
 
 impl RelayBackend {
     /// A backend over a shared context.
     pub fn new(ctx: Arc<RelayContext>) -> Self {
-        Self { ctx }
+        Self { ctx, worker: None }
+    }
+
+    /// Lets accepted TURNs send the mail held for the peer with `worker`.
+    pub fn with_worker(mut self, worker: Arc<Worker>) -> Self {
+        self.worker = Some(worker);
+        self
     }
 }
 
@@ -62,6 +75,7 @@ impl RelayBackend {
 impl Backend for RelayBackend {
     async fn open(&self, _info: &SessionInfo) -> Result<Box<dyn SessionHandler>, Reply> {
         Ok(Box::new(RelaySession {
+            worker: self.worker.clone(),
             ctx: self.ctx.clone(),
             reverse_path: String::new(),
             params: MailParams::default(),
@@ -82,6 +96,7 @@ struct Recipient {
 }
 
 struct RelaySession {
+    worker: Option<Arc<Worker>>,
     ctx: Arc<RelayContext>,
     reverse_path: String,
     params: MailParams,
@@ -429,6 +444,17 @@ impl SessionHandler for RelaySession {
         self.abort().await;
         self.clear();
         self.reverse_path.clear();
+    }
+
+    async fn turn_allowed(&mut self, _info: &SessionInfo) -> bool {
+        self.ctx.allow_turn && self.worker.is_some()
+    }
+
+    async fn turned(&mut self, info: &SessionInfo, link: Link) {
+        if let Some(worker) = &self.worker {
+            let stats = worker.deliver_held(link).await;
+            info!(session = %info.id, ?stats, "held mail sent after TURN");
+        }
     }
 }
 

@@ -21,6 +21,9 @@ pub enum RouteTarget {
     Mx,
     /// Relay over these endpoints, tried in order until one answers.
     Via(Vec<String>),
+    /// Keep it until the peer calls in on a link that allows TURN and
+    /// turns it around (RFC 821 TURN, for point-to-point lines).
+    Hold,
 }
 
 impl fmt::Display for RouteTarget {
@@ -29,6 +32,7 @@ impl fmt::Display for RouteTarget {
             RouteTarget::Local => f.write_str("local"),
             RouteTarget::Mx => f.write_str("mx"),
             RouteTarget::Via(urls) => f.write_str(&urls.join(",")),
+            RouteTarget::Hold => f.write_str("hold"),
         }
     }
 }
@@ -94,18 +98,31 @@ pub struct Route {
     pub pattern: DomainPattern,
     /// Where they go.
     pub target: RouteTarget,
+    /// After sending over this route, say TURN to receive the next hop's
+    /// mail for us in the same session (trusted point-to-point links only).
+    pub turn: bool,
 }
 
 impl Route {
     /// Parses the command-line form `DOMAIN=TARGET`, TARGET being `local`,
     /// `mx` or endpoint URLs separated by commas.
+    /// A trailing `,turn` after endpoint URLs makes it a TURN route.
     pub fn parse(spec: &str) -> Result<Self, RouteError> {
         let (pattern, target) = spec
             .split_once('=')
             .ok_or_else(|| RouteError::BadSpec(spec.to_string()))?;
+        let (target, turn) = match target.trim().strip_suffix(",turn") {
+            Some(urls) => (urls, true),
+            None => (target, false),
+        };
+        let target = parse_target(target)?;
+        if turn && !matches!(target, RouteTarget::Via(_)) {
+            return Err(RouteError::BadTarget(format!("{target},turn")));
+        }
         Ok(Route {
             pattern: DomainPattern::parse(pattern)?,
-            target: parse_target(target)?,
+            target,
+            turn,
         })
     }
 }
@@ -116,6 +133,7 @@ pub fn parse_target(target: &str) -> Result<RouteTarget, RouteError> {
     match t.to_ascii_lowercase().as_str() {
         "local" => return Ok(RouteTarget::Local),
         "mx" => return Ok(RouteTarget::Mx),
+        "hold" => return Ok(RouteTarget::Hold),
         _ => {}
     }
     let urls: Vec<String> = t
@@ -158,6 +176,7 @@ impl Default for RoutingTable {
             routes: vec![Route {
                 pattern: DomainPattern::Any,
                 target: RouteTarget::Local,
+                turn: false,
             }],
         }
     }
@@ -184,6 +203,11 @@ impl RoutingTable {
             .iter()
             .find(|r| r.pattern.matches(domain))
             .map(|r| &r.target)
+    }
+
+    /// Whether a route to `target` says TURN after sending.
+    pub fn turns_around(&self, target: &RouteTarget) -> bool {
+        self.routes.iter().any(|r| r.turn && r.target == *target)
     }
 
     /// Whether any route needs the relay machinery (not only local).

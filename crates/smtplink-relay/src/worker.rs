@@ -16,11 +16,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use smtplink_driver::CancellationToken;
-use smtplink_driver::{ClientSettings, DriverError, SmtpClient};
+use smtplink_driver::{
+    Backend, ClientSettings, DriverError, ServerSettings, Shutdown, SmtpClient, Turned,
+};
 use smtplink_engine::{
     Envelope, ForwardPath, MailParams, Notify, RcptParams, RecipientOutcome, ReversePath,
 };
-use smtplink_transport::{Endpoint, Registry};
+use smtplink_transport::{Endpoint, Link, Registry};
 use tokio::task::JoinSet;
 use tracing::{info, info_span, warn, Instrument};
 
@@ -111,8 +113,12 @@ type HopItems = Vec<(Claim, Vec<usize>)>;
 /// Each recipient's outcome, per claimed message.
 type Outcomes = Vec<(Claim, Vec<(usize, Outcome)>)>;
 
+/// What runs a server session on a link after TURN.
+type TurnServer = (Arc<ServerSettings>, Arc<dyn Backend>);
+
 /// The delivery worker.
 pub struct Worker {
+    turn_server: Option<TurnServer>,
     ctx: Arc<RelayContext>,
     spool: Arc<Spool>,
     registry: Registry,
@@ -140,12 +146,60 @@ impl Worker {
     ) -> Self {
         let mx = Arc::new(SharedResolver::new(settings.resolver));
         Self {
+            turn_server: None,
             ctx,
             spool,
             registry,
             settings,
             mx,
         }
+    }
+
+    /// Lets the worker say TURN on routes marked for it, and receive the
+    /// other side's mail with this server setup.
+    pub fn with_turn_server(
+        mut self,
+        settings: Arc<ServerSettings>,
+        backend: Arc<dyn Backend>,
+    ) -> Self {
+        self.turn_server = Some((settings, backend));
+        self
+    }
+
+    /// The other side of TURN: sends every message held for the peer
+    /// (routes with target `hold`) over `link`, which a peer just turned
+    /// around, then QUIT.
+    pub async fn deliver_held(&self, link: Link) -> RunStats {
+        let now = unix_now();
+        let spool = self.spool.clone();
+        let ctx = self.ctx.clone();
+        let claimed = tokio::task::spawn_blocking(move || claim_held(&spool, &ctx))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        let items: HopItems = claimed
+            .iter()
+            .map(|(c, idx)| (c.clone(), idx.clone()))
+            .collect();
+        let claims: Vec<Claim> = claimed.into_iter().map(|(c, _)| c).collect();
+        let hop = self.clone_parts();
+        let results = match SmtpClient::handshake(link, self.settings.client.clone()).await {
+            Ok(client) => {
+                let (out, client) = hop.send_all(client, items).await;
+                if let Some(client) = client {
+                    let _ = client.quit().await;
+                }
+                out
+            }
+            Err(e) => defer_all(items, &format!("after TURN: {e}")),
+        };
+        let ctx = self.ctx.clone();
+        let spool = self.spool.clone();
+        let retry = self.settings.retry;
+        tokio::task::spawn_blocking(move || finish(&ctx, &spool, retry, claims, results, now))
+            .await
+            .unwrap_or_default()
     }
 
     /// Runs passes until `stop` is cancelled: when woken by a newly queued
@@ -265,6 +319,7 @@ impl Worker {
 
     fn clone_parts(&self) -> HopWorker {
         HopWorker {
+            turn_server: self.turn_server.clone(),
             ctx: self.ctx.clone(),
             registry: self.registry.clone(),
             settings: self.settings.clone(),
@@ -276,6 +331,7 @@ impl Worker {
 /// What a per-hop task needs.
 #[derive(Clone)]
 struct HopWorker {
+    turn_server: Option<TurnServer>,
     ctx: Arc<RelayContext>,
     registry: Registry,
     settings: WorkerSettings,
@@ -299,7 +355,15 @@ impl HopWorker {
                 out
             }
             RouteTarget::Mx => self.deliver_mx(items).await,
-            RouteTarget::Via(urls) => self.deliver_smtp(&urls, items).await,
+            RouteTarget::Via(urls) => {
+                let turn = self
+                    .ctx
+                    .routes
+                    .turns_around(&RouteTarget::Via(urls.clone()));
+                self.deliver_smtp(&urls, items, turn).await
+            }
+            // Held mail leaves only when the peer calls and says TURN.
+            RouteTarget::Hold => Vec::new(),
         }
     }
 
@@ -362,7 +426,7 @@ impl HopWorker {
         match resolver.next_hops(domain, self.settings.mx_port).await {
             Ok(urls) => {
                 info!(?urls, "mail exchangers");
-                self.deliver_smtp(&urls, items).await
+                self.deliver_smtp(&urls, items, false).await
             }
             Err(e) if e.is_permanent() => {
                 warn!(error = %e, "no mail exchanger");
@@ -410,11 +474,49 @@ impl HopWorker {
         Err(last)
     }
 
-    async fn deliver_smtp(&self, urls: &[String], items: HopItems) -> Outcomes {
-        let mut client = match self.connect(urls).await {
+    async fn deliver_smtp(&self, urls: &[String], items: HopItems, turn: bool) -> Outcomes {
+        let client = match self.connect(urls).await {
             Ok(c) => c,
             Err(e) => return defer_all(items, &e),
         };
+        let (out, client) = self.send_all(client, items).await;
+        match client {
+            Some(client) if turn => self.turn_around(client).await,
+            Some(client) => {
+                let _ = client.quit().await;
+            }
+            None => {}
+        }
+        out
+    }
+
+    /// After sending, TURN (RFC 821 4.1.1) on a trusted point-to-point
+    /// route: the next hop sends us what it holds for us, over this link.
+    async fn turn_around(&self, client: SmtpClient) {
+        let Some((settings, backend)) = self.turn_server.clone() else {
+            let _ = client.quit().await;
+            return;
+        };
+        match client.turn().await {
+            Ok(Turned::Link(link)) => {
+                info!("TURN accepted; receiving the other side's mail");
+                let _ = smtplink_driver::serve_link(link, settings, backend, Shutdown::new()).await;
+            }
+            Ok(Turned::Refused(client, reply)) => {
+                warn!(%reply, "TURN refused");
+                let _ = (*client).quit().await;
+            }
+            Err(e) => warn!(error = %e, "TURN failed"),
+        }
+    }
+
+    /// Sends every item over one session. Returns the outcomes, and the
+    /// client unless the session broke.
+    async fn send_all(
+        &self,
+        mut client: SmtpClient,
+        items: HopItems,
+    ) -> (Outcomes, Option<SmtpClient>) {
         let mut out = Vec::new();
         let mut broken: Option<String> = None;
         let mut rest = items.into_iter();
@@ -502,12 +604,12 @@ impl HopWorker {
             }
         }
         match broken {
-            Some(reason) => out.extend(defer_all(rest.collect(), &reason)),
-            None => {
-                let _ = client.quit().await;
+            Some(reason) => {
+                out.extend(defer_all(rest.collect(), &reason));
+                (out, None)
             }
+            None => (out, Some(client)),
         }
-        out
     }
 }
 
@@ -543,6 +645,35 @@ fn defer_all(items: HopItems, reason: &str) -> Outcomes {
             (claim, outcomes)
         })
         .collect()
+}
+
+/// Locks every message with a pending recipient routed to `hold`, due or
+/// not (the peer is here now), with those recipients' indexes.
+fn claim_held(
+    spool: &Spool,
+    ctx: &RelayContext,
+) -> Result<Vec<(Claim, Vec<usize>)>, spool::SpoolError> {
+    let mut out = Vec::new();
+    for record in spool.list()? {
+        let held: Vec<usize> = record
+            .recipients
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| {
+                let domain = r.address.rsplit_once('@').map_or("", |(_, d)| d);
+                r.state == RecipientState::Pending
+                    && ctx.routes.lookup(&domain.to_ascii_lowercase()) == Some(&RouteTarget::Hold)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if held.is_empty() {
+            continue;
+        }
+        if let Some(lock) = spool.try_lock(&record.id)? {
+            out.push((Arc::new(Mutex::new(lock)), held));
+        }
+    }
+    Ok(out)
 }
 
 /// Locks every due message that nobody else holds.

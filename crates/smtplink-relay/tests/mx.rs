@@ -287,6 +287,7 @@ async fn smtp_sink(root: &Path) -> u16 {
         spool: None,
         max_hops: 50,
         wake: Arc::new(tokio::sync::Notify::new()),
+        allow_turn: false,
     });
     let backend: Arc<dyn smtplink_driver::Backend> = Arc::new(RelayBackend::new(ctx));
     let mut settings = ServerSettings::default();
@@ -347,6 +348,7 @@ async fn worker_delivers_by_mx_and_reports_lookup_failures() {
         spool: Some(spool.clone()),
         max_hops: 50,
         wake: Arc::new(tokio::sync::Notify::new()),
+        allow_turn: false,
     });
 
     let body = b"From: alice@relay.test\r\nTo: bob@example.net\r\nSubject: via MX\r\n\r\nHello over MX.\r\n";

@@ -85,6 +85,14 @@ pub enum TransportError {
         #[source]
         source: io::Error,
     },
+
+    /// The listener will hand out no more links, e.g. `stdio:` after its
+    /// one session. Not a failure: whoever accepts stops accepting on it.
+    #[error("no more links to accept on {endpoint}")]
+    Exhausted {
+        /// The listener's endpoint.
+        endpoint: String,
+    },
 }
 
 fn describe_known(known: &[String]) -> String {
@@ -120,6 +128,14 @@ impl TransportError {
         TransportError::Unsupported {
             endpoint: endpoint.to_string(),
             operation,
+        }
+    }
+
+    /// An [`Exhausted`](Self::Exhausted) error: `endpoint`'s listener has
+    /// no more links to give.
+    pub fn exhausted(endpoint: &Endpoint) -> Self {
+        TransportError::Exhausted {
+            endpoint: endpoint.to_string(),
         }
     }
 
@@ -165,7 +181,8 @@ impl TransportError {
         match self {
             TransportError::InvalidEndpoint { endpoint, .. }
             | TransportError::Unsupported { endpoint, .. }
-            | TransportError::Io { endpoint, .. } => Some(endpoint),
+            | TransportError::Io { endpoint, .. }
+            | TransportError::Exhausted { endpoint } => Some(endpoint),
             TransportError::UnknownScheme { .. } => None,
         }
     }
@@ -210,6 +227,15 @@ mod tests {
             known: vec![],
         };
         assert!(none.to_string().contains("no transports are registered"));
+    }
+
+    #[test]
+    fn exhausted_names_the_endpoint_and_is_not_transient() {
+        let ep: Endpoint = "stdio:".parse().unwrap();
+        let err = TransportError::exhausted(&ep);
+        assert_eq!(err.to_string(), "no more links to accept on stdio:");
+        assert_eq!(err.endpoint(), Some("stdio:"));
+        assert!(!err.is_transient());
     }
 
     #[test]

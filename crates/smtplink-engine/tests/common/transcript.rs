@@ -304,6 +304,7 @@ pub fn describe_event(e: &ServerEvent) -> String {
         ServerEvent::DataEnd { size } => format!("DataEnd {size}"),
         ServerEvent::DataAborted { fault } => format!("DataAborted {fault:?}"),
         ServerEvent::TransactionReset => "TransactionReset".into(),
+        ServerEvent::Turn => "Turn".into(),
         ServerEvent::Closed { reason } => format!(
             "Closed {}",
             match reason {
@@ -311,6 +312,7 @@ pub fn describe_event(e: &ServerEvent) -> String {
                 CloseReason::TooManyErrors => "TooManyErrors",
                 CloseReason::Timeout => "Timeout",
                 CloseReason::Shutdown => "Shutdown",
+                CloseReason::Turned => "Turned",
             }
         ),
     }
