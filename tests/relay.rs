@@ -12,64 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Sends every message with one smtplib session each; prints "ok N".
-const SMTPLIB_BATCH: &str = r#"
-import smtplib, sys, json
-port, spec = int(sys.argv[1]), json.load(open(sys.argv[2]))
-for m in spec:
-    with smtplib.SMTP('127.0.0.1', port, local_hostname='client.test') as s:
-        refused = s.sendmail(m['from'], m['to'], open(m['file'], 'rb').read(), mail_options=m['opts'])
-        assert not refused, refused
-print('ok', len(spec))
-"#;
-
-/// A message of about `size` bytes: 8-bit text, lines starting with dots.
-fn message(i: usize, size: usize) -> Vec<u8> {
-    let mut m = format!(
-        "From: a@example.org\r\nTo: several\r\nSubject: relay test {i}\r\nMessage-ID: <{i}@example.org>\r\n\r\n"
-    )
-    .into_bytes();
-    let mut n = 0u32;
-    while m.len() < size {
-        n += 1;
-        let line = match n % 4 {
-            0 => format!(".dot line {n} of message {i}"),
-            1 => format!("caf\u{e9} na\u{ef}ve line {n} \u{2014} \u{fc}ber"),
-            2 => "..".to_string(),
-            _ => format!("{:>70}", n),
-        };
-        m.extend_from_slice(line.as_bytes());
-        m.extend_from_slice(b"\r\n");
-    }
-    m
-}
-
-fn smtplib_batch(port: u16, dir: &Path, messages: &[(Vec<u8>, Vec<String>)]) {
-    let mut spec = Vec::new();
-    for (i, (body, to)) in messages.iter().enumerate() {
-        let file = dir.join(format!("m{i}.eml"));
-        std::fs::write(&file, body).unwrap();
-        spec.push(format!(
-            "{{\"from\": \"a@example.org\", \"to\": [{}], \"file\": \"{}\", \"opts\": [\"BODY=8BITMIME\"]}}",
-            to.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(","),
-            file.display()
-        ));
-    }
-    let spec_file = dir.join("spec.json");
-    std::fs::write(&spec_file, format!("[{}]", spec.join(","))).unwrap();
-    let out = Command::new("python3")
-        .args(["-c", SMTPLIB_BATCH, &port.to_string()])
-        .arg(&spec_file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "smtplib: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn queue(spool: &Path, args: &[&str], routes: &[&str]) -> Output {
     let mut cmd = smtplink();
     cmd.arg("queue").arg("--spool").arg(spool);
@@ -109,7 +51,7 @@ fn two_nodes_relay_fifty_messages() {
             let to = (0..1 + i % 3)
                 .map(|r| format!("user{}@example.net", (i + r) % 7))
                 .collect();
-            (message(i, sizes[i % sizes.len()]), to)
+            (message("relay", i, sizes[i % sizes.len()]), to)
         })
         .collect();
     smtplib_batch(a.port, work.path(), &messages);
@@ -152,7 +94,12 @@ fn queue_while_next_hop_is_down_then_flush() {
     let a = Serve::start_named("a.test", &["--route", &route]);
     let work = tempfile::tempdir().unwrap();
     let messages: Vec<(Vec<u8>, Vec<String>)> = (0..3)
-        .map(|i| (message(i, 2_000), vec![format!("bob{i}@example.net")]))
+        .map(|i| {
+            (
+                message("relay", i, 2_000),
+                vec![format!("bob{i}@example.net")],
+            )
+        })
         .collect();
     smtplib_batch(a.port, work.path(), &messages);
     // A's worker tries at once and fails: the records say why and when next.
@@ -244,7 +191,7 @@ fn permanent_failure_bounces_to_the_sender() {
         ],
     );
     let work = tempfile::tempdir().unwrap();
-    let body = message(1, 1_000);
+    let body = message("relay", 1, 1_000);
     smtplib_batch(
         a.port,
         work.path(),
@@ -320,7 +267,7 @@ fn silent_next_hop_gives_up_and_bounces() {
     smtplib_batch(
         a.port,
         work.path(),
-        &[(message(7, 500), vec!["x@example.com".into()])],
+        &[(message("relay", 7, 500), vec!["x@example.com".into()])],
     );
     wait_for("the give-up bounce", Duration::from_secs(60), || {
         !delivered(&a.maildir(), "a@example.org").is_empty()
@@ -414,7 +361,7 @@ fn notify_success_and_never_are_honoured() {
         ],
     );
     let file = a.dir.path().join("dsn.eml");
-    std::fs::write(&file, message(3, 800)).unwrap();
+    std::fs::write(&file, message("relay", 3, 800)).unwrap();
     let script = r#"
 import smtplib, sys
 with smtplib.SMTP('127.0.0.1', int(sys.argv[1])) as s:
@@ -486,7 +433,7 @@ fn turn_brings_back_the_mail_held_for_the_caller() {
     );
     let work = tempfile::tempdir().unwrap();
     // Mail for A's users waits at B: nobody dials for `hold`.
-    let held = message(11, 3_000);
+    let held = message("relay", 11, 3_000);
     let mut batch = vec![(held.clone(), vec!["x@example.org".to_string()])];
     smtplib_batch(b.port, work.path(), &batch);
     std::thread::sleep(Duration::from_millis(500));
@@ -500,7 +447,7 @@ fn turn_brings_back_the_mail_held_for_the_caller() {
         "a.test",
         &["--route", &route, "--route", "example.org=local"],
     );
-    let outgoing = message(12, 4_000);
+    let outgoing = message("relay", 12, 4_000);
     batch = vec![(outgoing.clone(), vec!["y@example.net".to_string()])];
     smtplib_batch(a.port, work.path(), &batch);
     wait_for("B's held mail at A", Duration::from_secs(30), || {

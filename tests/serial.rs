@@ -91,64 +91,6 @@ impl Drop for Line {
     }
 }
 
-/// Sends every message with one smtplib session each; prints "ok N".
-const SMTPLIB_BATCH: &str = r#"
-import smtplib, sys, json
-port, spec = int(sys.argv[1]), json.load(open(sys.argv[2]))
-for m in spec:
-    with smtplib.SMTP('127.0.0.1', port, local_hostname='client.test') as s:
-        refused = s.sendmail(m['from'], m['to'], open(m['file'], 'rb').read(), mail_options=m['opts'])
-        assert not refused, refused
-print('ok', len(spec))
-"#;
-
-/// A message of about `size` bytes: 8-bit text, lines starting with dots.
-fn message(i: usize, size: usize) -> Vec<u8> {
-    let mut m = format!(
-        "From: a@example.org\r\nTo: several\r\nSubject: serial test {i}\r\nMessage-ID: <{i}@example.org>\r\n\r\n"
-    )
-    .into_bytes();
-    let mut n = 0u32;
-    while m.len() < size {
-        n += 1;
-        let line = match n % 4 {
-            0 => format!(".dot line {n} of message {i}"),
-            1 => format!("caf\u{e9} na\u{ef}ve line {n} \u{2014} \u{fc}ber"),
-            2 => "..".to_string(),
-            _ => format!("{:>70}", n),
-        };
-        m.extend_from_slice(line.as_bytes());
-        m.extend_from_slice(b"\r\n");
-    }
-    m
-}
-
-fn smtplib_batch(port: u16, dir: &Path, messages: &[(Vec<u8>, Vec<String>)]) {
-    let mut spec = Vec::new();
-    for (i, (body, to)) in messages.iter().enumerate() {
-        let file = dir.join(format!("m{i}.eml"));
-        std::fs::write(&file, body).unwrap();
-        spec.push(format!(
-            "{{\"from\": \"a@example.org\", \"to\": [{}], \"file\": \"{}\", \"opts\": [\"BODY=8BITMIME\"]}}",
-            to.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(","),
-            file.display()
-        ));
-    }
-    let spec_file = dir.join("spec.json");
-    std::fs::write(&spec_file, format!("[{}]", spec.join(","))).unwrap();
-    let out = Command::new("python3")
-        .args(["-c", SMTPLIB_BATCH, &port.to_string()])
-        .arg(&spec_file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "smtplib: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn spool_is_empty(spool: &Path) -> bool {
     std::fs::read_dir(spool.join("env")).map_or(true, |mut d| d.next().is_none())
 }
@@ -234,7 +176,7 @@ fn two_nodes_over_a_serial_line() {
             let to = (0..1 + i % 2)
                 .map(|r| format!("user{}@example.net", (i + r) % 5))
                 .collect();
-            (message(i, sizes[i % sizes.len()]), to)
+            (message("serial", i, sizes[i % sizes.len()]), to)
         })
         .collect();
     smtplib_batch(a.port, work.path(), &messages);
@@ -295,8 +237,16 @@ fn line_cut_and_restored_mid_transfer() {
     .args(["--route", &format!("example.net={}", line.url("ttyA"))]);
     let a = Serve::spawn(cmd, dir);
     // A large message first (it takes a while to cross), then small ones.
-    let mut messages = vec![(message(0, 16 * 1024 * 1024), vec!["big@example.net".into()])];
-    messages.extend((1..4).map(|i| (message(i, 3_000), vec![format!("small{i}@example.net")])));
+    let mut messages = vec![(
+        message("serial", 0, 16 * 1024 * 1024),
+        vec!["big@example.net".into()],
+    )];
+    messages.extend((1..4).map(|i| {
+        (
+            message("serial", i, 3_000),
+            vec![format!("small{i}@example.net")],
+        )
+    }));
     let work = tempfile::tempdir().unwrap();
     smtplib_batch(a.port, work.path(), &messages[..1]);
     // Cut the line as soon as B has started writing the big message.
@@ -364,7 +314,7 @@ fn overhead() {
             let bodies: Vec<Vec<u8>> = (0..count)
                 .map(|i| {
                     if dotted {
-                        message(i, size)
+                        message("serial", i, size)
                     } else {
                         plain_message(i, size)
                     }

@@ -53,27 +53,6 @@ for rcpt, path in zip(rest[0::2], rest[1::2]):
 print('ok')
 "#;
 
-/// A message of about `size` bytes: 8-bit text, lines starting with dots.
-fn message(i: usize, size: usize) -> Vec<u8> {
-    let mut m = format!(
-        "From: a@example.org\r\nTo: someone\r\nSubject: pipe test {i}\r\nMessage-ID: <{i}.pipe@example.org>\r\n\r\n"
-    )
-    .into_bytes();
-    let mut n = 0u32;
-    while m.len() < size {
-        n += 1;
-        let line = match n % 4 {
-            0 => format!(".dot line {n} of message {i}"),
-            1 => format!("caf\u{e9} na\u{ef}ve line {n} \u{2014} \u{fc}ber"),
-            2 => "..".to_string(),
-            _ => format!("{n:>70}"),
-        };
-        m.extend_from_slice(line.as_bytes());
-        m.extend_from_slice(b"\r\n");
-    }
-    m
-}
-
 /// Runs `cmd` to completion, failing the test if it takes over `limit`.
 fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
     let child = cmd
@@ -165,7 +144,7 @@ fn stdio_serves_one_session_and_exits() {
     let mut ran = 0;
 
     if let Some(swaks) = require_tool("swaks") {
-        let body = message(1, 30_000);
+        let body = message("pipe", 1, 30_000);
         let file = work.path().join("swaks.eml");
         // swaks ends the data with CRLF "." CRLF itself; a file that ends
         // in CRLF would gain an empty line.
@@ -213,7 +192,7 @@ fn stdio_serves_one_session_and_exits() {
     }
 
     if require_tool("python3").is_some() {
-        let body = message(2, 200_000);
+        let body = message("pipe", 2, 200_000);
         let file = work.path().join("smtplib.eml");
         std::fs::write(&file, &body).unwrap();
         let started = Instant::now();
@@ -266,7 +245,12 @@ fn exec_relays_to_a_stdio_node() {
     let messages: Vec<(String, Vec<u8>)> = [500, 40_000, 300_000]
         .iter()
         .enumerate()
-        .map(|(i, &size)| (format!("user{i}@example.net"), message(10 + i, size)))
+        .map(|(i, &size)| {
+            (
+                format!("user{i}@example.net"),
+                message("pipe", 10 + i, size),
+            )
+        })
         .collect();
     let mut args: Vec<PathBuf> = Vec::new();
     for (i, (rcpt, body)) in messages.iter().enumerate() {
@@ -321,7 +305,7 @@ fn exec_child_that_exits_early_defers_with_its_status() {
     let a = Serve::start_named("a.test", &["--route", "example.net=exec:false"]);
     let work = tempfile::tempdir().unwrap();
     let file = work.path().join("m.eml");
-    std::fs::write(&file, message(20, 2_000)).unwrap();
+    std::fs::write(&file, message("pipe", 20, 2_000)).unwrap();
     let out = run_with_timeout(
         Command::new("python3")
             .args(["-c", SMTPLIB_SEND, &a.port.to_string(), "a@example.org"])

@@ -333,3 +333,62 @@ impl Serve {
         }
     }
 }
+
+/// Sends every message with one smtplib session each; prints "ok N".
+const SMTPLIB_BATCH: &str = r#"
+import smtplib, sys, json
+port, spec = int(sys.argv[1]), json.load(open(sys.argv[2]))
+for m in spec:
+    with smtplib.SMTP('127.0.0.1', port, local_hostname='client.test') as s:
+        refused = s.sendmail(m['from'], m['to'], open(m['file'], 'rb').read(), mail_options=m['opts'])
+        assert not refused, refused
+print('ok', len(spec))
+"#;
+
+/// A message of about `size` bytes: 8-bit text, lines starting with dots;
+/// `tag` goes into the Subject.
+pub fn message(tag: &str, i: usize, size: usize) -> Vec<u8> {
+    let mut m = format!(
+        "From: a@example.org\r\nTo: several\r\nSubject: {tag} test {i}\r\nMessage-ID: <{i}@example.org>\r\n\r\n"
+    )
+    .into_bytes();
+    let mut n = 0u32;
+    while m.len() < size {
+        n += 1;
+        let line = match n % 4 {
+            0 => format!(".dot line {n} of message {i}"),
+            1 => format!("caf\u{e9} na\u{ef}ve line {n} \u{2014} \u{fc}ber"),
+            2 => "..".to_string(),
+            _ => format!("{:>70}", n),
+        };
+        m.extend_from_slice(line.as_bytes());
+        m.extend_from_slice(b"\r\n");
+    }
+    m
+}
+
+pub fn smtplib_batch(port: u16, dir: &Path, messages: &[(Vec<u8>, Vec<String>)]) {
+    let mut spec = Vec::new();
+    for (i, (body, to)) in messages.iter().enumerate() {
+        let file = dir.join(format!("m{i}.eml"));
+        std::fs::write(&file, body).unwrap();
+        spec.push(format!(
+            "{{\"from\": \"a@example.org\", \"to\": [{}], \"file\": \"{}\", \"opts\": [\"BODY=8BITMIME\"]}}",
+            to.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(","),
+            file.display()
+        ));
+    }
+    let spec_file = dir.join("spec.json");
+    std::fs::write(&spec_file, format!("[{}]", spec.join(","))).unwrap();
+    let out = Command::new("python3")
+        .args(["-c", SMTPLIB_BATCH, &port.to_string()])
+        .arg(&spec_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "smtplib: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
