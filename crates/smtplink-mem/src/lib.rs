@@ -8,6 +8,8 @@
 //! are a [`tokio::io::duplex`] pair, so shutting one side down is seen as
 //! end-of-file by the other, and a full buffer makes the writer wait.
 
+pub mod sim;
+
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
