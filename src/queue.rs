@@ -13,6 +13,14 @@ use crate::{
     load_config, registry, relay_context, worker_settings, QueueAction, EX_CONFIG, EX_TEMPFAIL,
 };
 
+/// `println!` that gives up quietly when stdout is gone (`queue list | head`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -70,11 +78,11 @@ pub(crate) async fn run(
                 }
             };
             if records.is_empty() {
-                println!("queue is empty");
+                out!("queue is empty");
             }
             for r in &records {
                 let sender = if r.sender.is_empty() { "<>" } else { &r.sender };
-                println!(
+                out!(
                     "{}  age {}  {} bytes  from {}",
                     r.id.as_str(),
                     human(now.saturating_sub(r.arrived)),
@@ -91,7 +99,7 @@ pub(crate) async fn run(
                         }
                         other => format!("{other:?}").to_lowercase(),
                     };
-                    println!(
+                    out!(
                         "    {}  [{}]  attempts {}  via {}  last: {}",
                         rc.address,
                         state,
@@ -107,7 +115,7 @@ pub(crate) async fn run(
             let result = MessageId::parse(&id).and_then(|id| spool.load(&id));
             match result.map(|r| serde_json_pretty(&r)) {
                 Ok(text) => {
-                    println!("{text}");
+                    out!("{text}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -121,7 +129,7 @@ pub(crate) async fn run(
             match result {
                 Ok(Some(lock)) => match lock.remove() {
                     Ok(()) => {
-                        println!("deleted {id}");
+                        out!("deleted {id}");
                         ExitCode::SUCCESS
                     }
                     Err(e) => {
@@ -140,6 +148,15 @@ pub(crate) async fn run(
             }
         }
         QueueAction::Flush { hop } => {
+            // Flush delivers in this process, with these routes: without the
+            // server's routes everything would count as local mail.
+            if cfg.routes.is_empty() {
+                eprintln!(
+                    "smtplink: queue flush needs the routes the server uses (--route or --config); \
+                     without them every message would be delivered locally"
+                );
+                return ExitCode::from(EX_CONFIG);
+            }
             // Make everything due, then run one delivery pass here. A
             // running `serve` skips messages this process holds, and
             // vice versa.
@@ -159,11 +176,16 @@ pub(crate) async fn run(
             };
             let worker = Worker::new(ctx, spool.clone(), registry(), worker_settings(&cfg));
             let stats = worker.run_once(hop.as_deref()).await;
-            println!(
+            out!(
                 "delivered {}, deferred {}, failed {}, bounces queued {}",
-                stats.delivered, stats.deferred, stats.failed, stats.bounces
+                stats.delivered,
+                stats.deferred,
+                stats.failed,
+                stats.bounces
             );
-            if stats.deferred > 0 {
+            if stats.failed > 0 {
+                ExitCode::FAILURE
+            } else if stats.deferred > 0 {
                 ExitCode::from(EX_TEMPFAIL)
             } else {
                 ExitCode::SUCCESS

@@ -118,6 +118,21 @@ fn queue_while_next_hop_is_down_then_flush() {
     }
     assert!(list.contains("Connection refused"), "{list}");
     assert!(list.contains("next try in"), "{list}");
+    // Without the server's routes, flush would take everything for local
+    // mail: it refuses, and the queue is untouched.
+    let out = queue(&a.spool(), &["flush"], &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(78),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&queue(&a.spool(), &["list"], &[]).stdout)
+            .matches("attempts")
+            .count(),
+        3
+    );
     // B comes up on the port A routes to.
     let b_dir = tempfile::tempdir().unwrap();
     let mut cmd = smtplink();

@@ -276,12 +276,15 @@ impl Worker {
             let outcomes = idx
                 .into_iter()
                 .map(|i| {
+                    // Deferred, not failed: a routing table that changed (or
+                    // a `queue flush` given fewer routes than the server)
+                    // must not bounce mail the right table would deliver.
+                    // The give-up age still ends it.
                     (
                         i,
-                        Outcome::Failed {
-                            reply: "no route to this domain any more".into(),
-                            status: (5, 4, 4),
-                        },
+                        Outcome::Deferred(
+                            "no route for this domain in the current routing table".into(),
+                        ),
                     )
                 })
                 .collect();
