@@ -8,7 +8,7 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -19,18 +19,6 @@ fn queue(spool: &Path, args: &[&str], routes: &[&str]) -> Output {
         cmd.args(["--route", r]);
     }
     cmd.args(args).output().unwrap()
-}
-
-fn spool_is_empty(spool: &Path) -> bool {
-    std::fs::read_dir(spool.join("env")).map_or(true, |mut d| d.next().is_none())
-}
-
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// A routes example.net to B; 50 messages of mixed sizes (up to 2 MiB,

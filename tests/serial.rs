@@ -91,18 +91,6 @@ impl Drop for Line {
     }
 }
 
-fn spool_is_empty(spool: &Path) -> bool {
-    std::fs::read_dir(spool.join("env")).map_or(true, |mut d| d.next().is_none())
-}
-
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Files in `new/` (delivered) and in `tmp/` (being written) of every
 /// mailbox under `maildir`.
 fn maildir_files(maildir: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {

@@ -79,14 +79,6 @@ fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
     }
 }
 
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// The one message stored for `rcpt`, checked to be `body` plus trace
 /// fields that name the stdio link.
 fn assert_stored(maildir: &Path, rcpt: &str, body: &[u8], by: &str) {

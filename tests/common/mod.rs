@@ -392,3 +392,17 @@ pub fn smtplib_batch(port: u16, dir: &Path, messages: &[(Vec<u8>, Vec<String>)])
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Whether a relay spool holds no message (no envelope record).
+pub fn spool_is_empty(spool: &Path) -> bool {
+    std::fs::read_dir(spool.join("env")).map_or(true, |mut d| d.next().is_none())
+}
+
+/// Polls `done` every 50 ms until it holds; fails after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
