@@ -171,15 +171,10 @@ fn queue_while_next_hop_is_down_then_flush() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("queue is empty"));
 }
 
-/// B refuses one recipient (550) and takes the other: the first earns a
-/// DSN (RFC 3464) delivered into the sender's Maildir on A, the second is
-/// delivered once.
-#[test]
-fn permanent_failure_bounces_to_the_sender() {
-    if require_tool("python3").is_none() {
-        return;
-    }
-    // B takes example.net only; other.example.net is "relaying denied".
+/// Node B delivers example.net locally and refuses other.example.net
+/// ("relaying denied"); it relays nothing, so it offers no DSN. Node A
+/// routes both domains to B and keeps example.org (its senders) local.
+fn a_relaying_to_b() -> (Serve, Serve) {
     let b = Serve::start_named("b.test", &["--route", "example.net=local"]);
     let hop = format!("tcp://127.0.0.1:{}", b.port);
     let a = Serve::start_named(
@@ -193,6 +188,18 @@ fn permanent_failure_bounces_to_the_sender() {
             "example.org=local",
         ],
     );
+    (a, b)
+}
+
+/// B refuses one recipient (550) and takes the other: the first earns a
+/// DSN (RFC 3464) delivered into the sender's Maildir on A, the second is
+/// delivered once.
+#[test]
+fn permanent_failure_bounces_to_the_sender() {
+    if require_tool("python3").is_none() {
+        return;
+    }
+    let (a, b) = a_relaying_to_b();
     let work = tempfile::tempdir().unwrap();
     let body = message("relay", 1, 1_000);
     smtplib_batch(
@@ -243,29 +250,13 @@ fn silent_next_hop_gives_up_and_bounces() {
     }
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let route = format!("example.com=tcp://{}", silent.local_addr().unwrap());
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("a.toml");
-    std::fs::write(
-        &config,
-        "[relay]\nfirst_retry = 1\nmax_retry_interval = 1\ngive_up = 3\nconnect_timeout = 1\n",
-    )
-    .unwrap();
-    let mut cmd = smtplink();
-    cmd.args([
-        "serve",
-        "--listen",
-        "tcp://127.0.0.1:0",
-        "--hostname",
+    let a = Serve::start_with_config(
         "a.test",
-    ])
-    .arg("--config")
-    .arg(&config)
-    .arg("--maildir")
-    .arg(dir.path().join("maildir"))
-    .arg("--spool")
-    .arg(dir.path().join("spool"))
-    .args(["--route", &route, "--route", "example.org=local"]);
-    let a = Serve::spawn(cmd, dir);
+        Some(
+            "[relay]\nfirst_retry = 1\nmax_retry_interval = 1\ngive_up = 3\nconnect_timeout = 1\n",
+        ),
+        &["--route", &route, "--route", "example.org=local"],
+    );
     let work = tempfile::tempdir().unwrap();
     smtplib_batch(
         a.port,
@@ -349,20 +340,7 @@ fn notify_success_and_never_are_honoured() {
     if require_tool("python3").is_none() {
         return;
     }
-    // B relays nothing, so it does not offer DSN.
-    let b = Serve::start_named("b.test", &["--route", "example.net=local"]);
-    let hop = format!("tcp://127.0.0.1:{}", b.port);
-    let a = Serve::start_named(
-        "a.test",
-        &[
-            "--route",
-            &format!("example.net={hop}"),
-            "--route",
-            &format!("other.example.net={hop}"),
-            "--route",
-            "example.org=local",
-        ],
-    );
+    let (a, b) = a_relaying_to_b();
     let file = a.dir.path().join("dsn.eml");
     std::fs::write(&file, message("relay", 3, 800)).unwrap();
     let script = r#"

@@ -201,29 +201,11 @@ fn line_cut_and_restored_mid_transfer() {
     };
     let started = Instant::now();
     let b = serve_b(&line);
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("a.toml");
-    std::fs::write(
-        &config,
-        "[relay]\nfirst_retry = 1\nmax_retry_interval = 1\nconnect_timeout = 10\n",
-    )
-    .unwrap();
-    let mut cmd = smtplink();
-    cmd.args([
-        "serve",
-        "--listen",
-        "tcp://127.0.0.1:0",
-        "--hostname",
+    let a = Serve::start_with_config(
         "a.test",
-    ])
-    .arg("--config")
-    .arg(&config)
-    .arg("--maildir")
-    .arg(dir.path().join("maildir"))
-    .arg("--spool")
-    .arg(dir.path().join("spool"))
-    .args(["--route", &format!("example.net={}", line.url("ttyA"))]);
-    let a = Serve::spawn(cmd, dir);
+        Some("[relay]\nfirst_retry = 1\nmax_retry_interval = 1\nconnect_timeout = 10\n"),
+        &["--route", &format!("example.net={}", line.url("ttyA"))],
+    );
     // A large message first (it takes a while to cross), then small ones.
     let mut messages = vec![(
         message("serial", 0, 16 * 1024 * 1024),

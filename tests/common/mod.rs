@@ -93,6 +93,12 @@ impl Serve {
     /// As [`Serve::start`], with this host name, and the relay's spool in
     /// the same temporary directory (`spool()`).
     pub fn start_named(hostname: &str, extra: &[&str]) -> Serve {
+        Self::start_with_config(hostname, None, extra)
+    }
+
+    /// As [`Serve::start_named`], with `config` (TOML text) written to a
+    /// file in the node's directory and passed with `--config`.
+    pub fn start_with_config(hostname: &str, config: Option<&str>, extra: &[&str]) -> Serve {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = smtplink();
         cmd.args([
@@ -105,8 +111,13 @@ impl Serve {
         .arg("--maildir")
         .arg(dir.path().join("maildir"))
         .arg("--spool")
-        .arg(dir.path().join("spool"))
-        .args(extra);
+        .arg(dir.path().join("spool"));
+        if let Some(config) = config {
+            let path = dir.path().join("node.toml");
+            std::fs::write(&path, config).unwrap();
+            cmd.arg("--config").arg(path);
+        }
+        cmd.args(extra);
         Self::spawn(cmd, dir)
     }
 
