@@ -18,6 +18,10 @@
 //!   bits are not simulated: a framing error is a dropped byte).
 //! - **Byte drops** ([`SimConfig::drop_rate`]): each byte is lost with this
 //!   probability. A dropped byte still uses its line time.
+//! - **Burst errors** ([`SimConfig::bursts`]): a burst starts at a byte with
+//!   the given probability and garbles that many bytes (each data bit
+//!   flipped with probability 1/2), as a lightning strike or a fading radio
+//!   does. Burst flips are counted with the other flipped bits.
 //! - **Stalls** ([`SimConfig::stall`]): every `every` (counted from the
 //!   moment [`pair`] was called) the line delivers nothing for `for`; bytes
 //!   due meanwhile arrive together when the stall ends, in order.
@@ -116,6 +120,9 @@ pub struct SimConfig {
     pub bit_error_rate: f64,
     /// Probability that a byte is lost (0 to 1).
     pub drop_rate: f64,
+    /// `(rate, length)`: a burst of `length` garbled bytes starts at a byte
+    /// with probability `rate`. `None` (the default) means no bursts.
+    pub bursts: Option<(f64, u32)>,
     /// `(every, for)`: the line delivers nothing for `for` once every
     /// `every`. Ignored unless `0 < for < every`.
     pub stall: Option<(Duration, Duration)>,
@@ -135,6 +142,7 @@ impl Default for SimConfig {
             latency: Duration::ZERO,
             bit_error_rate: 0.0,
             drop_rate: 0.0,
+            bursts: None,
             stall: None,
             cut_after: None,
             buffer: DEFAULT_BUFFER,
@@ -175,6 +183,15 @@ impl SimConfig {
     #[must_use]
     pub fn drop_rate(mut self, rate: f64) -> Self {
         self.drop_rate = clamp_probability(rate);
+        self
+    }
+
+    /// Starts a burst of `length` garbled bytes at each byte with
+    /// probability `rate` (clamped to 0..=1).
+    #[must_use]
+    pub fn bursts(mut self, rate: f64, length: u32) -> Self {
+        let rate = clamp_probability(rate);
+        self.bursts = (rate > 0.0 && length > 0).then_some((rate, length));
         self
     }
 
@@ -233,6 +250,8 @@ pub struct DirectionStats {
     pub flipped_bits: u64,
     /// Bytes lost to the drop rate.
     pub dropped: u64,
+    /// Error bursts started.
+    pub bursts: u64,
 }
 
 /// Which way bytes travel.
@@ -437,6 +456,9 @@ struct Line {
     queue: VecDeque<(Instant, u8)>,
     flip_rng: SplitMix64,
     drop_rng: SplitMix64,
+    burst_rng: SplitMix64,
+    /// Bytes still to garble in the current burst.
+    burst_left: u32,
     /// Error-free data bits before the next flip; `None` until first drawn.
     flip_gap: Option<u64>,
     /// Start of the current busy period of the transmitter and the bits
@@ -463,6 +485,9 @@ impl Line {
             queue: VecDeque::new(),
             flip_rng: SplitMix64::new(seed, 2 * index + 1),
             drop_rng: SplitMix64::new(seed, 2 * index + 2),
+            // Streams 1..=4 are taken by flips and drops of both directions.
+            burst_rng: SplitMix64::new(seed, 5 + index),
+            burst_left: 0,
             flip_gap: None,
             busy_start: now,
             busy_bits: 0,
@@ -512,6 +537,25 @@ impl Line {
             self.flip_gap = None;
         }
         (byte, flips)
+    }
+
+    /// Garbles `byte` if it falls in an error burst (starting one with
+    /// probability `rate`), returning it with the number of bits flipped.
+    fn burst(&mut self, byte: u8, bursts: Option<(f64, u32)>) -> (u8, u64) {
+        let Some((rate, length)) = bursts else {
+            return (byte, 0);
+        };
+        if self.burst_left == 0 && self.burst_rng.chance(rate) {
+            self.burst_left = length;
+            self.stats.bursts += 1;
+        }
+        if self.burst_left == 0 {
+            return (byte, 0);
+        }
+        self.burst_left -= 1;
+        // Random bits, not inverted ones: a burst is noise, not a pattern.
+        let mask = (self.burst_rng.next_u64() & 0xFF) as u8;
+        (byte ^ mask, u64::from(mask.count_ones()))
     }
 }
 
@@ -706,6 +750,7 @@ impl AsyncWrite for SimEnd {
         let latency = shared.config.latency;
         let ber = shared.config.bit_error_rate;
         let drop_rate = shared.config.drop_rate;
+        let bursts = shared.config.bursts;
         let mut arrivals = Vec::with_capacity(count);
         {
             let line = &mut shared.lines[this.tx];
@@ -734,6 +779,8 @@ impl AsyncWrite for SimEnd {
             let arrival = arrival.max(line.last_arrival);
             line.last_arrival = arrival;
             let (byte, flips) = line.corrupt(byte, ber);
+            let (byte, burst_flips) = line.burst(byte, bursts);
+            let flips = flips + burst_flips;
             if line.drop_rng.chance(drop_rate) {
                 line.stats.dropped += 1;
             } else {
@@ -1038,6 +1085,44 @@ mod tests {
         assert!(got.iter().all(|byte| rest.any(|sent| sent == byte)));
         // Dropped bytes still took their line time: 10 s for 9600 bytes.
         assert_eq!(took, ms(10_000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bursts_garble_runs_of_bytes_reproducibly() {
+        let data = pattern(50_000);
+        let run = |seed| {
+            let data = data.clone();
+            async move {
+                let config = SimConfig::default().seed(seed).bursts(1e-3, 16);
+                let (mut a, mut b, handle) = pair(config);
+                let (got, _) = send(&mut a, &mut b, &data).await;
+                (got, handle.a_to_b())
+            }
+        };
+        let (got, stats) = run(5).await;
+        let (again, _) = run(5).await;
+        assert_eq!(got, again, "same seed, same bursts");
+        // 50,000 bytes at 1e-3 per byte (less the bytes inside bursts):
+        // about 48 bursts, standard deviation about 7.
+        assert!((20..80).contains(&stats.bursts), "{stats:?}");
+        let damaged: Vec<usize> = got
+            .iter()
+            .zip(&data)
+            .enumerate()
+            .filter(|(_, (x, y))| x != y)
+            .map(|(i, _)| i)
+            .collect();
+        assert!(!damaged.is_empty());
+        // Damage comes in runs no longer than a burst: no damaged byte is
+        // isolated from its burst by more than 16 positions.
+        let runs = damaged.windows(2).filter(|w| w[1] - w[0] > 16).count() + 1;
+        assert!(runs as u64 <= stats.bursts, "{runs} runs, {stats:?}");
+        let flipped: u64 = got
+            .iter()
+            .zip(&data)
+            .map(|(x, y)| u64::from((x ^ y).count_ones()))
+            .sum();
+        assert_eq!(flipped, stats.flipped_bits);
     }
 
     #[tokio::test(start_paused = true)]
