@@ -1,6 +1,7 @@
 //! `smtplink`: serve SMTP into Maildirs, or send a message, over any link.
 
 mod config;
+mod linksim;
 mod queue;
 
 use std::io::{IsTerminal, Read};
@@ -110,6 +111,25 @@ enum Commands {
     },
     /// Print the built-in configuration (a starting point for --config).
     DefaultConfig,
+    /// Put a simulated slow, noisy line between two endpoints (a proxy).
+    ///
+    /// Side A waits for a party (tcp:// is listened on), side B is where the
+    /// bytes go (tcp:// is connected to); serial:// devices are opened raw on
+    /// either side. Example: smtplink linksim --a tcp://127.0.0.1:2526
+    /// --b tcp://127.0.0.1:2525 --baud 9600 --ber 1e-5 --seed 7
+    Linksim {
+        /// Side A: tcp://HOST:PORT to listen on, or serial:///dev/X.
+        #[arg(long, value_name = "URL")]
+        a: String,
+        /// Side B: tcp://HOST:PORT to connect to, or serial:///dev/X.
+        #[arg(long, value_name = "URL")]
+        b: String,
+        #[command(flatten)]
+        impairments: linksim::Impairments,
+        /// Serve one party, print the counters and exit.
+        #[arg(long)]
+        once: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -206,6 +226,12 @@ fn main() -> ExitCode {
             helo,
             file,
         } => runtime.block_on(send(server, from, to, helo, file)),
+        Commands::Linksim {
+            a,
+            b,
+            impairments,
+            once,
+        } => runtime.block_on(linksim::run(a, b, impairments, once)),
         Commands::DefaultConfig => {
             print!("{DEFAULT_CONFIG}");
             ExitCode::SUCCESS
