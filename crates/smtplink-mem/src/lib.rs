@@ -120,7 +120,7 @@ impl MemTransport {
 
     /// Starts listening on `endpoint`; [`Transport::listen`] without the box.
     pub fn bind(&self, endpoint: &Endpoint) -> Result<MemListener, TransportError> {
-        let name = listener_name(endpoint)?;
+        let name = listener_name(endpoint, &[])?;
         let (sender, receiver) = mpsc::channel(BACKLOG);
         let listener_id = self
             .namespace
@@ -176,7 +176,7 @@ impl std::fmt::Debug for MemTransport {
 }
 
 /// The name in `mem://name`; anything else in the endpoint is a mistake.
-fn listener_name(endpoint: &Endpoint) -> Result<&str, TransportError> {
+fn listener_name<'a>(endpoint: &'a Endpoint, keys: &[&str]) -> Result<&'a str, TransportError> {
     let Some(name) = endpoint.host() else {
         return Err(TransportError::invalid_endpoint(
             endpoint,
@@ -195,7 +195,7 @@ fn listener_name(endpoint: &Endpoint) -> Result<&str, TransportError> {
             "mem endpoints have no path (expected mem://name)",
         ));
     }
-    endpoint.ensure_query_keys(&[])?;
+    endpoint.ensure_query_keys(keys)?;
     Ok(name)
 }
 
@@ -213,7 +213,7 @@ fn refused(endpoint: &Endpoint, name: &str) -> TransportError {
 #[async_trait]
 impl Transport for MemTransport {
     async fn connect(&self, endpoint: &Endpoint) -> Result<Link, TransportError> {
-        let name = listener_name(endpoint)?;
+        let name = listener_name(endpoint, sim::SimConfig::QUERY_KEYS)?;
         let (connections, number) = {
             let mut listeners = self.namespace.lock();
             let Some(registration) = listeners.get_mut(name) else {
@@ -227,9 +227,29 @@ impl Transport for MemTransport {
         };
         let listener_label = format!("mem://{name}");
         let connection_label = format!("mem://{name}#{number}");
-        let (client, server) = tokio::io::duplex(self.buffer);
-        let client = Link::new(client, mem_info(&listener_label, &connection_label));
-        let server = Link::new(server, mem_info(&connection_label, &listener_label));
+        let (client, server) = match sim::SimConfig::from_query(endpoint)? {
+            // A simulated line, when the URL asks for impairments.
+            Some(config) => {
+                let (client, server, _) = sim::pair(config.buffer(self.buffer));
+                let (client, mut client_info) = client.into_parts();
+                let (server, mut server_info) = server.into_parts();
+                client_info.peer = listener_label.clone();
+                client_info.local = connection_label.clone();
+                server_info.peer = connection_label.clone();
+                server_info.local = listener_label.clone();
+                (
+                    Link::from_boxed(client, client_info),
+                    Link::from_boxed(server, server_info),
+                )
+            }
+            None => {
+                let (client, server) = tokio::io::duplex(self.buffer);
+                (
+                    Link::new(client, mem_info(&listener_label, &connection_label)),
+                    Link::new(server, mem_info(&connection_label, &listener_label)),
+                )
+            }
+        };
         // The lock is released before waiting: a full backlog must not block
         // other names, or the listener's own drop.
         connections
@@ -461,6 +481,36 @@ mod tests {
         assert_eq!(reply_one, "mem://hub#1 first session");
         assert_eq!(reply_two, "mem://hub#2 second session");
         server.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn impairments_in_the_url_put_a_simulated_line_in_between() {
+        let transport = MemTransport::new();
+        let mut listener = transport.bind(&ep("mem://line")).unwrap();
+        let mut client = transport
+            .connect(&ep("mem://line?baud=9600&latency=50&seed=3"))
+            .await
+            .unwrap();
+        let mut server = listener.accept().await.unwrap();
+        assert_eq!(client.info().peer, "mem://line");
+        let start = tokio::time::Instant::now();
+        client.write_all(&[b'x'; 96]).await.unwrap();
+        let mut got = [0u8; 96];
+        server.read_exact(&mut got).await.unwrap();
+        // 96 bytes x 10 bits at 9600 baud, plus 50 ms.
+        assert_eq!(start.elapsed(), std::time::Duration::from_millis(150));
+        for bad in [
+            "mem://line?ber=2",
+            "mem://line?baud=fast",
+            "mem://line?burst=0.1",
+        ] {
+            let err = transport.connect(&ep(bad)).await.unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains(bad.split('?').nth(1).unwrap().split('=').next().unwrap()),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -88,7 +88,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use smtplink_transport::{Link, LinkInfo};
+use smtplink_transport::{Endpoint, Link, LinkInfo, TransportError};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -214,6 +214,61 @@ impl SimConfig {
     pub fn buffer(mut self, bytes: usize) -> Self {
         self.buffer = bytes.max(1);
         self
+    }
+
+    /// The URL query keys [`SimConfig::from_query`] reads.
+    pub const QUERY_KEYS: &'static [&'static str] =
+        &["baud", "latency", "ber", "drop", "burst", "seed"];
+
+    /// The impairments a `mem://name?baud=9600&ber=1e-5&...` URL asks for:
+    /// `baud`, `latency` (milliseconds), `ber`, `drop`, `burst`
+    /// (`RATE:LENGTH`) and `seed`; `None` when it asks for none. Unknown keys
+    /// are ignored here (the caller checks them).
+    pub fn from_query(endpoint: &Endpoint) -> Result<Option<SimConfig>, TransportError> {
+        let invalid = |reason: String| TransportError::InvalidEndpoint {
+            endpoint: endpoint.to_string(),
+            reason,
+        };
+        let rate = |key: &str, value: &str| -> Result<f64, TransportError> {
+            value
+                .parse::<f64>()
+                .ok()
+                .filter(|r| (0.0..=1.0).contains(r))
+                .ok_or_else(|| invalid(format!("{key} must be a probability, not {value:?}")))
+        };
+        let number = |key: &str, value: &str| -> Result<u64, TransportError> {
+            value
+                .parse::<u64>()
+                .map_err(|_| invalid(format!("{key} must be a whole number, not {value:?}")))
+        };
+        let mut config = SimConfig::default();
+        let mut any = false;
+        for (key, value) in endpoint.query_pairs() {
+            match key {
+                "baud" => {
+                    let baud = number(key, value)?;
+                    config = config.baud(
+                        u32::try_from(baud)
+                            .map_err(|_| invalid(format!("baud {baud} is too high")))?,
+                    );
+                }
+                "latency" => config = config.latency(Duration::from_millis(number(key, value)?)),
+                "ber" => config = config.bit_error_rate(rate(key, value)?),
+                "drop" => config = config.drop_rate(rate(key, value)?),
+                "seed" => config = config.seed(number(key, value)?),
+                "burst" => {
+                    let (r, length) = value.split_once(':').ok_or_else(|| {
+                        invalid(format!("burst wants RATE:LENGTH, not {value:?}"))
+                    })?;
+                    let length = u32::try_from(number(key, length)?)
+                        .map_err(|_| invalid(format!("burst length {length} is too long")))?;
+                    config = config.bursts(rate(key, r)?, length);
+                }
+                _ => continue,
+            }
+            any = true;
+        }
+        Ok(any.then_some(config))
     }
 
     /// The line time of `bytes` bytes at the configured rate (zero when the
