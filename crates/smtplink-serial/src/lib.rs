@@ -542,3 +542,35 @@ impl AsyncWrite for SerialLink {
         }
     }
 }
+
+/// The serial device as a raw byte stream, for adapters that run their own
+/// protocol on the line (the X.25 adapter) or simply move bytes (`smtplink
+/// linksim`): no CONNECT/ACCEPT handshake, no one-session-at-a-time lock.
+///
+/// `connect` opens the device (exclusively, with the endpoint's settings);
+/// `listen` is not supported: whoever opens a raw line decides on their own
+/// protocol who calls whom.
+#[derive(Debug, Clone, Default)]
+pub struct RawSerialTransport;
+
+impl RawSerialTransport {
+    /// The raw transport.
+    pub fn new() -> Self {
+        RawSerialTransport
+    }
+}
+
+#[async_trait]
+impl Transport for RawSerialTransport {
+    async fn connect(&self, endpoint: &Endpoint) -> Result<Link, TransportError> {
+        let settings = SerialSettings::from_endpoint(endpoint)?;
+        let port = settings
+            .open()
+            .map_err(|err| TransportError::io(Operation::Connect, endpoint, err))?;
+        Ok(Link::new(port, link_info(&settings)))
+    }
+
+    async fn listen(&self, endpoint: &Endpoint) -> Result<Box<dyn Listener>, TransportError> {
+        Err(TransportError::unsupported(endpoint, Operation::Listen))
+    }
+}
