@@ -592,7 +592,9 @@ impl RttEstimator {
     fn rto(&self) -> Duration {
         match self.srtt {
             None => self.initial,
-            Some(s) => (s + (self.rttvar * 4).max(Duration::from_millis(20))).clamp(MIN_RTO, MAX_RTO),
+            Some(s) => {
+                (s + (self.rttvar * 4).max(Duration::from_millis(20))).clamp(MIN_RTO, MAX_RTO)
+            }
         }
     }
 }
@@ -730,6 +732,8 @@ pub struct Lapb {
     ack_pending: bool,
     final_pending: bool,
     last_rx: Option<Instant>,
+    /// Decaying maximum of the peer's I-frame information sizes.
+    peer_info: f64,
     /// Nothing but mode-setting frames from the peer since the link came up.
     peer_silent: bool,
     ctrl: VecDeque<Bytes>,
@@ -784,6 +788,7 @@ impl Lapb {
             ack_pending: false,
             final_pending: false,
             last_rx: None,
+            peer_info: 0.0,
             peer_silent: true,
             ctrl: VecDeque::new(),
             events: VecDeque::new(),
@@ -963,7 +968,9 @@ impl Lapb {
             }
         };
         match self.state {
-            LinkState::Disconnected { refuse } => self.in_disconnected(frame_parsed, command, refuse, now),
+            LinkState::Disconnected { refuse } => {
+                self.in_disconnected(frame_parsed, command, refuse, now)
+            }
             LinkState::AwaitingSetup => self.in_setup(frame_parsed, command, now),
             LinkState::Disconnecting => self.in_disconnecting(frame_parsed, command, now),
             LinkState::Connected => {
@@ -1022,7 +1029,9 @@ impl Lapb {
 
     fn wire_time(&self, len: usize) -> Duration {
         match self.config.line_rate {
-            Some(rate) => Duration::from_secs_f64((len + FRAMING_OVERHEAD) as f64 / f64::from(rate)),
+            Some(rate) => {
+                Duration::from_secs_f64((len + FRAMING_OVERHEAD) as f64 / f64::from(rate))
+            }
             None => Duration::ZERO,
         }
     }
@@ -1030,7 +1039,12 @@ impl Lapb {
     /// When the paced line can take the next I-frame (None: not paced).
     fn pace_at(&self) -> Option<Instant> {
         self.config.line_rate?;
-        let lead = self.wire_time(self.preferred_info_size() + self.overhead) * 2;
+        // Release the next I-frame when the line has at most about one
+        // frame (or 50 ms) left to send: the line never idles, and a
+        // retransmission never waits behind more than that.
+        let lead = self
+            .wire_time(self.preferred_info_size() + self.overhead)
+            .min(Duration::from_millis(50));
         self.wire_free.map(|w| w.checked_sub(lead).unwrap_or(w))
     }
 
@@ -1104,6 +1118,11 @@ impl Lapb {
         Some(frame)
     }
 
+    /// How long one of the peer's recent I-frames takes on the line.
+    fn peer_frame_time(&self) -> Duration {
+        self.wire_time(self.peer_info as usize + self.overhead)
+    }
+
     fn rto_backoff(&self) -> Duration {
         let shift = self.retries.min(6);
         (self.rtt.rto() * (1u32 << shift)).min(MAX_RTO)
@@ -1118,7 +1137,18 @@ impl Lapb {
             return Some(last_rx + self.rtt.rto());
         }
         match self.outstanding.front() {
-            Some(slot) if !slot.pending => Some(slot.tx_done + self.rto_backoff()),
+            Some(slot) if !slot.pending => {
+                // A lost frame is noticed by the peer when the next one
+                // arrives (then SREJ or REJ), so T1 runs from the end of the
+                // next frame, if any; and the peer's answer may wait behind
+                // one of its own I-frames.
+                let next_done = self
+                    .outstanding
+                    .get(1)
+                    .filter(|s| s.transmissions > 0)
+                    .map_or(slot.tx_done, |s| s.tx_done.max(slot.tx_done));
+                Some(next_done + self.rto_backoff() + self.peer_frame_time())
+            }
             Some(_) => None,
             None => Some(last_rx + self.config.idle),
         }
@@ -1152,7 +1182,10 @@ impl Lapb {
         let f = self.s_frame(self.rx_ready_kind(), true, true);
         self.ctrl.push_back(f);
         self.ack_pending = false;
-        let deadline = self.after_backlog(now) + self.rto_backoff() + self.wire_time(self.overhead);
+        let deadline = self.after_backlog(now)
+            + self.rto_backoff()
+            + self.wire_time(self.overhead)
+            + self.peer_frame_time();
         self.poll = Some(Poll {
             serial: self.tx_serial,
             deadline,
@@ -1252,12 +1285,15 @@ impl Lapb {
         let setting_up = self.state == LinkState::AwaitingSetup;
         if self.retries > self.config.n2 {
             self.u_deadline = None;
-            self.state = LinkState::Disconnected { refuse: !setting_up };
-            self.events.push_back(LapbEvent::Disconnected(if setting_up {
-                DisconnectReason::Timeout
-            } else {
-                DisconnectReason::Local
-            }));
+            self.state = LinkState::Disconnected {
+                refuse: !setting_up,
+            };
+            self.events
+                .push_back(LapbEvent::Disconnected(if setting_up {
+                    DisconnectReason::Timeout
+                } else {
+                    DisconnectReason::Local
+                }));
             return;
         }
         let kind = if setting_up {
@@ -1524,6 +1560,7 @@ impl Lapb {
 
     fn receive_i(&mut self, ns: u8, info: Bytes, now: Instant) {
         let m = self.modulus.value();
+        self.peer_info = (self.peer_info * 0.9).max(info.len() as f64);
         if self.busy {
             self.stats.duplicates_discarded += 1;
             self.ack_pending = true;
@@ -1535,7 +1572,11 @@ impl Lapb {
             self.note_filled(ns, now);
             self.vr = seq_add(self.vr, 1, m);
             // Release what was waiting behind the gap.
-            while let Some(unit) = self.rx_buf.get_mut(usize::from(self.vr)).and_then(Option::take) {
+            while let Some(unit) = self
+                .rx_buf
+                .get_mut(usize::from(self.vr))
+                .and_then(Option::take)
+            {
                 let seq = self.vr;
                 self.deliver(unit);
                 self.note_filled(seq, now);
@@ -1556,7 +1597,10 @@ impl Lapb {
             }
             for off in 0..d {
                 let seq = seq_add(self.vr, usize::from(off), m);
-                let have = self.rx_buf.get(usize::from(seq)).is_some_and(Option::is_some);
+                let have = self
+                    .rx_buf
+                    .get(usize::from(seq))
+                    .is_some_and(Option::is_some);
                 let asked = self.srej.get(usize::from(seq)).is_some_and(Option::is_some);
                 if !have && !asked {
                     self.send_srej(seq, 1, now);
@@ -1615,13 +1659,8 @@ impl Lapb {
     }
 
     fn srej_timeout(&self, count: u32) -> Duration {
-        // Before any sample, fall back on our own T1 estimate.
-        let base = if self.srej_rtt.srtt.is_some() {
-            self.srej_rtt.rto()
-        } else {
-            self.rtt.rto()
-        };
-        (base * (1u32 << count.saturating_sub(1).min(4))).min(MAX_RTO)
+        // Before any sample this is the initial T1.
+        (self.srej_rtt.rto() * (1u32 << count.saturating_sub(1).min(4))).min(MAX_RTO)
     }
 
     fn srej_deadline(&self) -> Option<Instant> {

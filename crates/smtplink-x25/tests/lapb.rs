@@ -71,16 +71,39 @@ fn unnumbered_control_bytes() {
 fn supervisory_control_bytes_mod8() {
     let m = Modulus::Mod8;
     // RR 0x01, RNR 0x05, REJ 0x09, SREJ 0x0D; P/F is 0x10; N(R) in bits 5-7.
-    assert_eq!(&s(Supervisory::Rr, 0, false).encode(ADDRESS_B, m)[..], &[0x01, 0x01]);
-    assert_eq!(&s(Supervisory::Rr, 5, true).encode(ADDRESS_B, m)[..], &[0x01, 0xB1]);
-    assert_eq!(&s(Supervisory::Rnr, 3, false).encode(ADDRESS_B, m)[..], &[0x01, 0x65]);
-    assert_eq!(&s(Supervisory::Rej, 7, false).encode(ADDRESS_B, m)[..], &[0x01, 0xE9]);
-    assert_eq!(&s(Supervisory::Srej, 2, true).encode(ADDRESS_B, m)[..], &[0x01, 0x5D]);
-    for kind in [Supervisory::Rr, Supervisory::Rnr, Supervisory::Rej, Supervisory::Srej] {
+    assert_eq!(
+        &s(Supervisory::Rr, 0, false).encode(ADDRESS_B, m)[..],
+        &[0x01, 0x01]
+    );
+    assert_eq!(
+        &s(Supervisory::Rr, 5, true).encode(ADDRESS_B, m)[..],
+        &[0x01, 0xB1]
+    );
+    assert_eq!(
+        &s(Supervisory::Rnr, 3, false).encode(ADDRESS_B, m)[..],
+        &[0x01, 0x65]
+    );
+    assert_eq!(
+        &s(Supervisory::Rej, 7, false).encode(ADDRESS_B, m)[..],
+        &[0x01, 0xE9]
+    );
+    assert_eq!(
+        &s(Supervisory::Srej, 2, true).encode(ADDRESS_B, m)[..],
+        &[0x01, 0x5D]
+    );
+    for kind in [
+        Supervisory::Rr,
+        Supervisory::Rnr,
+        Supervisory::Rej,
+        Supervisory::Srej,
+    ] {
         for nr in 0..8 {
             for pf in [false, true] {
                 let f = s(kind, nr, pf);
-                assert_eq!(LapbFrame::parse(&f.encode(ADDRESS_B, m), m), Ok((ADDRESS_B, f)));
+                assert_eq!(
+                    LapbFrame::parse(&f.encode(ADDRESS_B, m), m),
+                    Ok((ADDRESS_B, f))
+                );
             }
         }
     }
@@ -89,14 +112,32 @@ fn supervisory_control_bytes_mod8() {
 #[test]
 fn supervisory_control_bytes_mod128() {
     let m = Modulus::Mod128;
-    assert_eq!(&s(Supervisory::Rr, 0, false).encode(ADDRESS_A, m)[..], &[0x03, 0x01, 0x00]);
-    assert_eq!(&s(Supervisory::Rr, 100, true).encode(ADDRESS_A, m)[..], &[0x03, 0x01, 0xC9]);
-    assert_eq!(&s(Supervisory::Rnr, 1, false).encode(ADDRESS_A, m)[..], &[0x03, 0x05, 0x02]);
-    assert_eq!(&s(Supervisory::Rej, 127, false).encode(ADDRESS_A, m)[..], &[0x03, 0x09, 0xFE]);
-    assert_eq!(&s(Supervisory::Srej, 64, true).encode(ADDRESS_A, m)[..], &[0x03, 0x0D, 0x81]);
+    assert_eq!(
+        &s(Supervisory::Rr, 0, false).encode(ADDRESS_A, m)[..],
+        &[0x03, 0x01, 0x00]
+    );
+    assert_eq!(
+        &s(Supervisory::Rr, 100, true).encode(ADDRESS_A, m)[..],
+        &[0x03, 0x01, 0xC9]
+    );
+    assert_eq!(
+        &s(Supervisory::Rnr, 1, false).encode(ADDRESS_A, m)[..],
+        &[0x03, 0x05, 0x02]
+    );
+    assert_eq!(
+        &s(Supervisory::Rej, 127, false).encode(ADDRESS_A, m)[..],
+        &[0x03, 0x09, 0xFE]
+    );
+    assert_eq!(
+        &s(Supervisory::Srej, 64, true).encode(ADDRESS_A, m)[..],
+        &[0x03, 0x0D, 0x81]
+    );
     for nr in 0..128 {
         let f = s(Supervisory::Srej, nr, nr % 3 == 0);
-        assert_eq!(LapbFrame::parse(&f.encode(ADDRESS_A, m), m), Ok((ADDRESS_A, f)));
+        assert_eq!(
+            LapbFrame::parse(&f.encode(ADDRESS_A, m), m),
+            Ok((ADDRESS_A, f))
+        );
     }
 }
 
@@ -104,31 +145,70 @@ fn supervisory_control_bytes_mod128() {
 fn information_control_bytes() {
     // Modulo 8: N(R) bits 5-7, P bit 4, N(S) bits 1-3, bit 0 = 0.
     let m = Modulus::Mod8;
-    assert_eq!(&i(0, 0, false, b"x").encode(ADDRESS_B, m)[..], &[0x01, 0x00, b'x']);
+    assert_eq!(
+        &i(0, 0, false, b"x").encode(ADDRESS_B, m)[..],
+        &[0x01, 0x00, b'x']
+    );
     assert_eq!(&i(1, 0, false, b"").encode(ADDRESS_B, m)[..], &[0x01, 0x02]);
     assert_eq!(&i(7, 7, true, b"").encode(ADDRESS_B, m)[..], &[0x01, 0xFE]);
-    assert_eq!(&i(3, 5, false, b"ab").encode(ADDRESS_B, m)[..], &[0x01, 0xA6, b'a', b'b']);
+    assert_eq!(
+        &i(3, 5, false, b"ab").encode(ADDRESS_B, m)[..],
+        &[0x01, 0xA6, b'a', b'b']
+    );
     // Modulo 128: first byte N(S)<<1, second N(R)<<1 | P.
     let m = Modulus::Mod128;
-    assert_eq!(&i(0, 0, false, b"").encode(ADDRESS_A, m)[..], &[0x03, 0x00, 0x00]);
-    assert_eq!(&i(127, 1, true, b"z").encode(ADDRESS_A, m)[..], &[0x03, 0xFE, 0x03, b'z']);
-    assert_eq!(&i(64, 100, false, b"").encode(ADDRESS_A, m)[..], &[0x03, 0x80, 0xC8]);
+    assert_eq!(
+        &i(0, 0, false, b"").encode(ADDRESS_A, m)[..],
+        &[0x03, 0x00, 0x00]
+    );
+    assert_eq!(
+        &i(127, 1, true, b"z").encode(ADDRESS_A, m)[..],
+        &[0x03, 0xFE, 0x03, b'z']
+    );
+    assert_eq!(
+        &i(64, 100, false, b"").encode(ADDRESS_A, m)[..],
+        &[0x03, 0x80, 0xC8]
+    );
     for ns in (0..128).step_by(7) {
         let f = i(ns, 127 - ns, ns % 2 == 0, b"data");
-        assert_eq!(LapbFrame::parse(&f.encode(ADDRESS_A, m), m), Ok((ADDRESS_A, f)));
+        assert_eq!(
+            LapbFrame::parse(&f.encode(ADDRESS_A, m), m),
+            Ok((ADDRESS_A, f))
+        );
     }
 }
 
 #[test]
 fn malformed_frames_are_rejected_by_the_parser() {
     use smtplink_x25::FrameReject;
-    assert_eq!(LapbFrame::parse(&[], Modulus::Mod8), Err(FrameReject::TooShort));
-    assert_eq!(LapbFrame::parse(&[1], Modulus::Mod8), Err(FrameReject::TooShort));
-    assert_eq!(LapbFrame::parse(&[1, 0x00], Modulus::Mod128), Err(FrameReject::TooShort));
-    assert_eq!(LapbFrame::parse(&[1, 0x01, 2, 3], Modulus::Mod128), Err(FrameReject::UnexpectedInfo));
-    assert_eq!(LapbFrame::parse(&[1, 0x01, 2], Modulus::Mod8), Err(FrameReject::UnexpectedInfo));
-    assert_eq!(LapbFrame::parse(&[1, 0x63, 0], Modulus::Mod8), Err(FrameReject::UnexpectedInfo));
-    assert_eq!(LapbFrame::parse(&[1, 0xFF], Modulus::Mod8), Err(FrameReject::Undefined));
+    assert_eq!(
+        LapbFrame::parse(&[], Modulus::Mod8),
+        Err(FrameReject::TooShort)
+    );
+    assert_eq!(
+        LapbFrame::parse(&[1], Modulus::Mod8),
+        Err(FrameReject::TooShort)
+    );
+    assert_eq!(
+        LapbFrame::parse(&[1, 0x00], Modulus::Mod128),
+        Err(FrameReject::TooShort)
+    );
+    assert_eq!(
+        LapbFrame::parse(&[1, 0x01, 2, 3], Modulus::Mod128),
+        Err(FrameReject::UnexpectedInfo)
+    );
+    assert_eq!(
+        LapbFrame::parse(&[1, 0x01, 2], Modulus::Mod8),
+        Err(FrameReject::UnexpectedInfo)
+    );
+    assert_eq!(
+        LapbFrame::parse(&[1, 0x63, 0], Modulus::Mod8),
+        Err(FrameReject::UnexpectedInfo)
+    );
+    assert_eq!(
+        LapbFrame::parse(&[1, 0xFF], Modulus::Mod8),
+        Err(FrameReject::Undefined)
+    );
 }
 
 fn t0() -> Instant {
@@ -165,7 +245,10 @@ fn state_machine_emits_standard_frames() {
     let f = dte.poll_transmit(now).unwrap();
     assert_eq!(&f[..], b"\x01\x00hello");
     dce.handle_frame(&f, now);
-    assert_eq!(dce.poll_event(), Some(LapbEvent::Data(Bytes::from_static(b"hello"))));
+    assert_eq!(
+        dce.poll_event(),
+        Some(LapbEvent::Data(Bytes::from_static(b"hello")))
+    );
     assert_eq!(&dce.poll_transmit(now).unwrap()[..], &[0x01, 0x21]);
     // A reply piggybacks N(R)=1 on the DCE's I-frame (command from DCE: A).
     dce.send(Bytes::from_static(b"hi")).unwrap();
@@ -182,7 +265,10 @@ fn state_machine_emits_standard_frames() {
     // DISC P=1 -> UA F=1 and Disconnected(Remote).
     dce.handle_frame(&[0x01, 0x53], now);
     assert_eq!(&dce.poll_transmit(now).unwrap()[..], &[0x01, 0x73]);
-    assert_eq!(dce.poll_event(), Some(LapbEvent::Disconnected(DisconnectReason::Remote)));
+    assert_eq!(
+        dce.poll_event(),
+        Some(LapbEvent::Disconnected(DisconnectReason::Remote))
+    );
     // Disconnected: a poll is answered with DM F=1.
     dce.handle_frame(&[0x01, 0x11], now);
     assert_eq!(&dce.poll_transmit(now).unwrap()[..], &[0x01, 0x1F]);
@@ -190,7 +276,10 @@ fn state_machine_emits_standard_frames() {
     dte.disconnect(now);
     assert_eq!(&dte.poll_transmit(now).unwrap()[..], &[0x01, 0x53]);
     dte.handle_frame(&[0x01, 0x1F], now);
-    assert_eq!(dte.poll_event(), Some(LapbEvent::Disconnected(DisconnectReason::Local)));
+    assert_eq!(
+        dte.poll_event(),
+        Some(LapbEvent::Disconnected(DisconnectReason::Local))
+    );
 }
 
 #[test]
@@ -204,8 +293,14 @@ fn out_of_order_frame_draws_srej_mod128_and_rej_mod8_go_back_n() {
     assert_eq!(&dce.poll_transmit(now).unwrap()[..], &[0x01, 0x0D, 0x00]);
     dce.handle_frame(b"\x01\x00\x00zero", now);
     assert_eq!(dce.poll_event(), Some(LapbEvent::Connected));
-    assert_eq!(dce.poll_event(), Some(LapbEvent::Data(Bytes::from_static(b"zero"))));
-    assert_eq!(dce.poll_event(), Some(LapbEvent::Data(Bytes::from_static(b"one"))));
+    assert_eq!(
+        dce.poll_event(),
+        Some(LapbEvent::Data(Bytes::from_static(b"zero")))
+    );
+    assert_eq!(
+        dce.poll_event(),
+        Some(LapbEvent::Data(Bytes::from_static(b"one")))
+    );
     assert_eq!(&dce.poll_transmit(now).unwrap()[..], &[0x01, 0x01, 0x04]);
 
     let mut cfg = cfg8();
@@ -333,7 +428,12 @@ impl Line {
     }
 
     fn take_due(&mut self, now: Duration) -> Vec<Bytes> {
-        let mut due: Vec<_> = self.in_flight.iter().filter(|f| f.0 <= now).cloned().collect();
+        let mut due: Vec<_> = self
+            .in_flight
+            .iter()
+            .filter(|f| f.0 <= now)
+            .cloned()
+            .collect();
         self.in_flight.retain(|f| f.0 > now);
         due.sort_by_key(|f| (f.0, f.1));
         due.into_iter().map(|f| f.2).collect()
@@ -389,7 +489,11 @@ impl End {
             }
         }
         while self.queued < self.total && self.lapb.can_send() {
-            let len = self.lapb.preferred_info_size().min(self.total - self.queued).max(1);
+            let len = self
+                .lapb
+                .preferred_info_size()
+                .min(self.total - self.queued)
+                .max(1);
             let unit = self.unit(len);
             self.lapb.send(unit.clone()).unwrap();
             self.queued += len;
@@ -408,6 +512,8 @@ struct Sim {
     enc: FrameEncoder,
     /// When B received the last byte of A's data.
     done_at: Option<Duration>,
+    /// Run to the time limit even when both transfers are complete.
+    run_to_limit: bool,
 }
 
 impl Sim {
@@ -422,6 +528,7 @@ impl Sim {
             ba: Line::new(line, seed ^ 0xDEAD_BEEF),
             enc: FrameEncoder::new(FrameConfig::default()),
             done_at: None,
+            run_to_limit: false,
         };
         let now = sim.t0;
         sim.a.lapb.connect(now);
@@ -470,7 +577,7 @@ impl Sim {
                     self.done_at = Some(self.now);
                 }
             }
-            if self.finished() {
+            if self.finished() && !self.run_to_limit {
                 return;
             }
             let next = [
@@ -496,7 +603,11 @@ impl Sim {
     }
 
     fn check_exactly_once(&self) {
-        assert_eq!(self.b.received.len(), self.a.sent_units.len(), "A->B unit count");
+        assert_eq!(
+            self.b.received.len(),
+            self.a.sent_units.len(),
+            "A->B unit count"
+        );
         assert!(self.b.received == self.a.sent_units, "A->B units differ");
         assert!(self.a.received == self.b.sent_units, "B->A units differ");
         let resets = |e: &End| e.events.iter().filter(|e| **e == LapbEvent::Reset).count();
@@ -543,7 +654,14 @@ fn line(rate: u32, latency_ms: u64, ber: f64) -> LineCfg {
     }
 }
 
-fn transfer(config: LapbConfig, line: LineCfg, total_a: usize, total_b: usize, seed: u64, limit_s: u64) -> Sim {
+fn transfer(
+    config: LapbConfig,
+    line: LineCfg,
+    total_a: usize,
+    total_b: usize,
+    seed: u64,
+    limit_s: u64,
+) -> Sim {
     let mut sim = Sim::new(config, line, total_a, total_b, seed);
     sim.run(Duration::from_secs(limit_s));
     assert!(sim.finished(), "transfer did not finish by {:?}", sim.now);
@@ -553,42 +671,84 @@ fn transfer(config: LapbConfig, line: LineCfg, total_a: usize, total_b: usize, s
 
 #[test]
 fn clean_line_exactly_once_both_ways() {
-    let sim = transfer(LapbConfig::default(), line(960, 20, 0.0), 50_000, 5_000, 1, 600);
+    let sim = transfer(
+        LapbConfig::default(),
+        line(960, 20, 0.0),
+        50_000,
+        5_000,
+        1,
+        600,
+    );
     sim.report("9600 clean");
     assert_eq!(sim.a.lapb.stats().i_frames_retransmitted, 0);
 }
 
 #[test]
 fn goodput_9600_ber0() {
-    let sim = transfer(LapbConfig::default(), line(960, 20, 0.0), 200_000, 2_000, 2, 1000);
+    let sim = transfer(
+        LapbConfig::default(),
+        line(960, 20, 0.0),
+        200_000,
+        2_000,
+        2,
+        1000,
+    );
     sim.report("9600 BER 0");
     assert!(sim.goodput() >= 0.97, "goodput {}", sim.goodput());
 }
 
 #[test]
 fn goodput_9600_ber_1e5() {
-    let sim = transfer(LapbConfig::default(), line(960, 20, 1e-5), 200_000, 2_000, 3, 1000);
+    let sim = transfer(
+        LapbConfig::default(),
+        line(960, 20, 1e-5),
+        200_000,
+        2_000,
+        3,
+        1000,
+    );
     sim.report("9600 BER 1e-5");
     assert!(sim.goodput() >= 0.92, "goodput {}", sim.goodput());
 }
 
 #[test]
 fn goodput_9600_ber_1e4() {
-    let sim = transfer(LapbConfig::default(), line(960, 20, 1e-4), 150_000, 2_000, 4, 1000);
+    let sim = transfer(
+        LapbConfig::default(),
+        line(960, 20, 1e-4),
+        150_000,
+        2_000,
+        4,
+        1000,
+    );
     sim.report("9600 BER 1e-4");
     assert!(sim.goodput() >= 0.78, "goodput {}", sim.goodput());
 }
 
 #[test]
 fn goodput_115200_300ms() {
-    let sim = transfer(LapbConfig::default(), line(11_520, 300, 0.0), 1_000_000, 10_000, 5, 1000);
+    let sim = transfer(
+        LapbConfig::default(),
+        line(11_520, 300, 0.0),
+        1_000_000,
+        10_000,
+        5,
+        1000,
+    );
     sim.report("115200 300ms BER 0");
     assert!(sim.goodput() >= 0.95, "goodput {}", sim.goodput());
 }
 
 #[test]
 fn goodput_115200_300ms_ber_1e5() {
-    let sim = transfer(LapbConfig::default(), line(11_520, 300, 1e-5), 1_000_000, 10_000, 6, 1000);
+    let sim = transfer(
+        LapbConfig::default(),
+        line(11_520, 300, 1e-5),
+        1_000_000,
+        10_000,
+        6,
+        1000,
+    );
     sim.report("115200 300ms BER 1e-5");
     assert!(sim.goodput() >= 0.85, "goodput {}", sim.goodput());
 }
@@ -633,7 +793,13 @@ fn go_back_n_and_mod8_variants() {
 
 #[test]
 fn unpaced_when_line_rate_unknown() {
-    let mut sim = Sim::new(LapbConfig::default(), line(960, 20, 1e-4), 30_000, 3_000, 12);
+    let mut sim = Sim::new(
+        LapbConfig::default(),
+        line(960, 20, 1e-4),
+        30_000,
+        3_000,
+        12,
+    );
     // Forget the line rate on both ends: frames queue in the line.
     sim.a.lapb = Lapb::new(LapbConfig::default(), LapbRole::Dte);
     sim.b.lapb = Lapb::new(LapbConfig::default(), LapbRole::Dce);
@@ -662,15 +828,23 @@ fn lost_ua_at_setup_does_not_reset() {
 fn dead_line_is_noticed_and_resets() {
     let mut l = line(960, 20, 0.0);
     l.cuts = vec![(Duration::from_secs(5), Duration::from_secs(100_000))];
-    let mut sim = Sim::new(LapbConfig::default(), l, 0, 0, 14);
-    sim.a.total = 1000;
+    let mut sim = Sim::new(LapbConfig::default(), l, 100_000, 0, 14);
+    sim.run_to_limit = true;
     sim.run(Duration::from_secs(3000));
     let ev = &sim.a.events;
     assert_eq!(ev.first(), Some(&LapbEvent::Connected));
     assert!(ev.contains(&LapbEvent::Reset), "{ev:?}");
-    assert_eq!(ev.last(), Some(&LapbEvent::Disconnected(DisconnectReason::Timeout)), "{ev:?}");
+    assert_eq!(
+        ev.last(),
+        Some(&LapbEvent::Disconnected(DisconnectReason::Timeout)),
+        "{ev:?}"
+    );
     // B, idle, notices too through its keep-alive polls.
-    assert!(sim.b.events.contains(&LapbEvent::Reset), "{:?}", sim.b.events);
+    assert!(
+        sim.b.events.contains(&LapbEvent::Reset),
+        "{:?}",
+        sim.b.events
+    );
 }
 
 #[test]
@@ -682,18 +856,37 @@ fn peer_reset_mid_transfer_is_reported() {
     sim.a.lapb = Lapb::new(LapbConfig::default().with_line_rate(960), LapbRole::Dte);
     sim.a.lapb.connect(now);
     sim.a.total = 0;
+    sim.run_to_limit = true;
     sim.run(Duration::from_secs(30));
-    assert!(sim.b.events.contains(&LapbEvent::Reset), "{:?}", sim.b.events);
+    assert!(
+        sim.b.events.contains(&LapbEvent::Reset),
+        "{:?}",
+        sim.b.events
+    );
     assert_eq!(sim.b.events.last(), Some(&LapbEvent::Connected));
     assert!(sim.a.lapb.is_connected() && sim.b.lapb.is_connected());
 }
 
 #[test]
 fn adaptive_size_follows_error_rate() {
-    let sim = transfer(LapbConfig::default(), line(960, 20, 1e-4), 100_000, 0, 16, 1000);
+    let sim = transfer(
+        LapbConfig::default(),
+        line(960, 20, 1e-4),
+        100_000,
+        0,
+        16,
+        1000,
+    );
     let size = sim.a.lapb.stats().info_size;
     assert!((64..=300).contains(&size), "size {size} at 1e-4");
-    let sim = transfer(LapbConfig::default(), line(960, 20, 0.0), 20_000, 0, 17, 1000);
+    let sim = transfer(
+        LapbConfig::default(),
+        line(960, 20, 0.0),
+        20_000,
+        0,
+        17,
+        1000,
+    );
     assert_eq!(sim.a.lapb.stats().info_size, 1024);
     let mut fixed = LapbConfig::default();
     fixed.adaptive = false;
