@@ -111,7 +111,7 @@ const MIN_RTO: Duration = Duration::from_millis(100);
 /// Forgetting horizon of the frame-loss estimator, in I-frame transmissions.
 const LOSS_HORIZON: f64 = 256.0;
 /// Pseudo-count of loss-free frames the estimator starts with.
-const LOSS_PRIOR: f64 = 16.0;
+const LOSS_PRIOR: f64 = 4.0;
 /// The preferred size changes only when the optimum moves by more than this
 /// fraction.
 const SIZE_HYSTERESIS: f64 = 0.12;
@@ -562,6 +562,8 @@ impl LapbFrame {
 #[derive(Debug, Clone)]
 struct RttEstimator {
     srtt: Option<Duration>,
+    /// The smallest sample.
+    min: Option<Duration>,
     rttvar: Duration,
     initial: Duration,
 }
@@ -570,12 +572,14 @@ impl RttEstimator {
     fn new(initial: Duration) -> Self {
         RttEstimator {
             srtt: None,
+            min: None,
             rttvar: Duration::ZERO,
             initial,
         }
     }
 
     fn sample(&mut self, r: Duration) {
+        self.min = Some(self.min.map_or(r, |m| m.min(r)));
         match self.srtt {
             None => {
                 self.srtt = Some(r);
@@ -694,6 +698,10 @@ struct Poll {
     /// I-frames with a serial up to this were sent before the poll.
     serial: u64,
     deadline: Instant,
+    /// Estimated end of the poll's serialisation.
+    sent_done: Instant,
+    /// Sent again after an expiry (no RTT sample then: Karn).
+    repeated: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -795,6 +803,39 @@ impl Lapb {
             size,
             stats: LapbStats::default(),
         }
+    }
+
+    #[doc(hidden)]
+    pub fn debug_state(&self, now: Instant) -> String {
+        let slots: Vec<String> = self
+            .outstanding
+            .iter()
+            .take(6)
+            .map(|s| {
+                format!(
+                    "(tx{} p{} done-{:?} ser{})",
+                    s.transmissions,
+                    s.pending,
+                    now.saturating_duration_since(s.tx_done),
+                    s.serial
+                )
+            })
+            .collect();
+        let srej: Vec<String> = self
+            .srej
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                s.map(|s| {
+                    format!(
+                        "{i}:c{} -{:?}",
+                        s.count,
+                        now.saturating_duration_since(s.sent_at)
+                    )
+                })
+            })
+            .collect();
+        format!("va {} vs {} vr {} out {} q {} busy {} poll {:?} retries {} t1 {:?} srejdl {:?} rto {:?} srejrto {:?} slots {:?} srej {:?} min {:?}", self.va, self.vs, self.vr, self.outstanding.len(), self.queue.len(), self.peer_busy, self.poll.map(|p| (p.serial, p.deadline.saturating_duration_since(now))), self.retries, self.t1_deadline().map(|d| d.saturating_duration_since(now)), self.srej_deadline().map(|d| d.saturating_duration_since(now)), self.rtt.rto(), self.srej_rtt.rto(), slots, srej, self.rtt.min)
     }
 
     /// The configuration in use (after clamping).
@@ -994,8 +1035,24 @@ impl Lapb {
         }
         if self.final_pending {
             self.final_pending = false;
-            self.ack_pending = false;
-            let f = self.s_frame(self.rx_ready_kind(), false, true);
+            let f = match self.highest_buffered() {
+                // Out-of-order frames held: SREJ F=1 names where the frames
+                // we hold end (the gaps below have their own SREJs).
+                Some(hi) if !self.busy => {
+                    let m = self.modulus.value();
+                    self.stats.srej_sent += 1;
+                    LapbFrame::Supervisory {
+                        kind: Supervisory::Srej,
+                        nr: seq_add(hi, 1, m),
+                        pf: true,
+                    }
+                    .encode(self.role.response_address(), self.modulus)
+                }
+                _ => {
+                    self.ack_pending = false;
+                    self.s_frame(self.rx_ready_kind(), false, true)
+                }
+            };
             return Some(self.account(f, now));
         }
         if self.has_i_frame_ready() && self.pace_at().is_none_or(|t| t <= now) {
@@ -1186,9 +1243,12 @@ impl Lapb {
             + self.rto_backoff()
             + self.wire_time(self.overhead)
             + self.peer_frame_time();
+        let sent_done = self.after_backlog(now) + self.wire_time(self.overhead);
         self.poll = Some(Poll {
             serial: self.tx_serial,
             deadline,
+            sent_done,
+            repeated: self.poll.is_some(),
         });
     }
 
@@ -1207,16 +1267,21 @@ impl Lapb {
         if ahead == 0 {
             return Ok(());
         }
-        let mut clean = true;
-        let mut last_done = None;
+        // Karn's rule, plus: a frame held by the peer behind a gap that a
+        // retransmission filled was acknowledged late, so the sample is the
+        // newest frame, sent once and after every retransmission in range.
+        let mut latest_retx: Option<Instant> = None;
+        let mut last: Option<(Instant, u32)> = None;
         for _ in 0..ahead {
             if let Some(slot) = self.outstanding.pop_front() {
-                clean &= slot.transmissions == 1;
-                last_done = Some(slot.tx_done);
+                if slot.transmissions > 1 {
+                    latest_retx = Some(latest_retx.map_or(slot.tx_done, |t| t.max(slot.tx_done)));
+                }
+                last = Some((slot.tx_done, slot.transmissions));
             }
         }
-        if clean {
-            if let Some(done) = last_done {
+        if let Some((done, 1)) = last {
+            if latest_retx.is_none_or(|r| done > r) {
                 self.rtt.sample(now.saturating_duration_since(done));
             }
         }
@@ -1485,7 +1550,11 @@ impl Lapb {
                     Supervisory::Rr => {}
                 }
                 if kind == Supervisory::Srej {
-                    self.on_srej(nr);
+                    if !command && pf {
+                        self.checkpoint_tail(nr, now);
+                        return;
+                    }
+                    self.on_srej(nr, now);
                 } else {
                     if self.acknowledge(nr, now).is_err() {
                         self.frame_reject(raw, command, 0x08, now);
@@ -1509,7 +1578,7 @@ impl Lapb {
                     self.final_pending = true;
                 }
                 if !command && pf {
-                    self.checkpoint_answered();
+                    self.checkpoint_answered(now);
                 }
             }
             LapbFrame::Info { ns, nr, poll, info } => {
@@ -1532,11 +1601,10 @@ impl Lapb {
 
     /// An F=1 answer to our poll: everything sent before the poll and still
     /// unacknowledged is missing.
-    fn checkpoint_answered(&mut self) {
-        let Some(poll) = self.poll.take() else {
+    fn checkpoint_answered(&mut self, now: Instant) {
+        let Some(poll) = self.take_poll(now) else {
             return;
         };
-        self.retries = 0;
         if self.peer_busy {
             return;
         }
@@ -1547,11 +1615,45 @@ impl Lapb {
         }
     }
 
-    fn on_srej(&mut self, nr: u8) {
+    fn on_srej(&mut self, nr: u8, now: Instant) {
         let m = self.modulus.value();
         let offset = usize::from(seq_sub(nr, self.va, m));
+        let min_rtt = self.rtt.min;
         if let Some(slot) = self.outstanding.get_mut(offset) {
-            if !slot.pending && slot.transmissions > 0 {
+            // A repeated SREJ sent before our retransmission could have
+            // reached the peer says nothing about that retransmission.
+            let too_soon = slot.transmissions > 1
+                && min_rtt.is_some_and(|r| now.saturating_duration_since(slot.tx_done) < r);
+            if !slot.pending && slot.transmissions > 0 && !too_soon {
+                slot.pending = true;
+                self.size.on_loss();
+            }
+        }
+    }
+
+    /// Ends the checkpoint: the link is alive, and an unrepeated poll gives
+    /// a round-trip sample.
+    fn take_poll(&mut self, now: Instant) -> Option<Poll> {
+        let poll = self.poll.take()?;
+        self.retries = 0;
+        if !poll.repeated {
+            self.rtt
+                .sample(now.saturating_duration_since(poll.sent_done));
+        }
+        Some(poll)
+    }
+
+    /// SREJ with F=1 answering our poll: the peer holds frames up to
+    /// N(R) − 1 (with gaps it asks for separately) and nothing from N(R) on,
+    /// so frames from N(R) sent before the poll are lost.
+    fn checkpoint_tail(&mut self, nr: u8, now: Instant) {
+        let Some(poll) = self.take_poll(now) else {
+            return;
+        };
+        let m = self.modulus.value();
+        let from = usize::from(seq_sub(nr, self.va, m));
+        for slot in self.outstanding.iter_mut().skip(from) {
+            if slot.serial <= poll.serial && slot.transmissions > 0 && !slot.pending {
                 slot.pending = true;
                 self.size.on_loss();
             }
@@ -1627,6 +1729,19 @@ impl Lapb {
         }
     }
 
+    /// The highest sequence number held out of order, if any.
+    fn highest_buffered(&self) -> Option<u8> {
+        let m = self.modulus.value();
+        (1..self.window)
+            .rev()
+            .map(|off| seq_add(self.vr, usize::from(off), m))
+            .find(|&seq| {
+                self.rx_buf
+                    .get(usize::from(seq))
+                    .is_some_and(Option::is_some)
+            })
+    }
+
     fn deliver(&mut self, unit: Bytes) {
         self.stats.units_delivered += 1;
         self.stats.info_bytes_delivered += unit.len() as u64;
@@ -1660,7 +1775,7 @@ impl Lapb {
 
     fn srej_timeout(&self, count: u32) -> Duration {
         // Before any sample this is the initial T1.
-        (self.srej_rtt.rto() * (1u32 << count.saturating_sub(1).min(4))).min(MAX_RTO)
+        (self.srej_rtt.rto() * (1u32 << count.saturating_sub(1).min(1))).min(MAX_RTO)
     }
 
     fn srej_deadline(&self) -> Option<Instant> {

@@ -396,6 +396,17 @@ impl Line {
         self.sent += 1;
         self.wire_bytes += wire_len as u64;
         let start = self.busy_until.max(now);
+        if std::env::var("LAPB_DEBUG_GAPS").is_ok()
+            && start > self.busy_until + Duration::from_millis(300)
+            && now > Duration::from_secs(1)
+        {
+            eprintln!(
+                "gap {:?} .. {:?} then {:02x?}",
+                self.busy_until,
+                start,
+                &frame[..frame.len().min(4)]
+            );
+        }
         let dur = Duration::from_secs_f64(wire_len as f64 / f64::from(self.cfg.rate));
         let end = start + dur;
         self.busy_until = end;
@@ -627,10 +638,11 @@ impl Sim {
         // With a 3-byte packet header per unit (layer 3), what SMTP would see.
         let smtp = (self.a.total as f64 - 3.0 * units) / (f64::from(self.ab.cfg.rate) * t);
         println!(
-            "{name}: goodput {:.3} (minus 3-byte packet headers {:.3}) over {:.1} s; \
+            "{name}: goodput {:.3} (minus 3-byte packet headers {:.3}), line busy {:.3}, over {:.1} s; \
              info size {} ber~{:.1e} srtt {:?} rto {:?}; I {} retx {} srej rx {} timeouts {} dup {}",
             self.goodput(),
             smtp,
+            self.ab.wire_bytes as f64 / (f64::from(self.ab.cfg.rate) * t),
             t,
             s.info_size,
             s.ber_estimate,
@@ -925,5 +937,33 @@ proptest! {
         sim.run(Duration::from_secs(3000));
         prop_assert!(sim.finished(), "not finished at {:?}", sim.now);
         sim.check_exactly_once();
+    }
+}
+
+#[test]
+fn zz_experiment() {
+    for size in [64usize, 92, 116, 150] {
+        let mut c = LapbConfig::default();
+        c.adaptive = false;
+        c.max_info = size;
+        let sim = transfer(c, line(960, 20, 1e-4), 150_000, 2_000, 4, 1000);
+        sim.report(&format!("fixed {size}"));
+    }
+}
+
+#[test]
+fn zz_debug() {
+    let mut sim = Sim::new(
+        LapbConfig::default(),
+        line(960, 20, 1e-4),
+        150_000,
+        2_000,
+        4,
+    );
+    for t in [28u64, 29, 30, 31] {
+        sim.run(Duration::from_secs(t));
+        let now = sim.instant();
+        eprintln!("t={t} A: {}", sim.a.lapb.debug_state(now));
+        eprintln!("t={t} B: {}", sim.b.lapb.debug_state(now));
     }
 }
