@@ -396,17 +396,6 @@ impl Line {
         self.sent += 1;
         self.wire_bytes += wire_len as u64;
         let start = self.busy_until.max(now);
-        if std::env::var("LAPB_DEBUG_GAPS").is_ok()
-            && start > self.busy_until + Duration::from_millis(300)
-            && now > Duration::from_secs(1)
-        {
-            eprintln!(
-                "gap {:?} .. {:?} then {:02x?}",
-                self.busy_until,
-                start,
-                &frame[..frame.len().min(4)]
-            );
-        }
         let dur = Duration::from_secs_f64(wire_len as f64 / f64::from(self.cfg.rate));
         let end = start + dur;
         self.busy_until = end;
@@ -706,7 +695,7 @@ fn goodput_9600_ber0() {
         1000,
     );
     sim.report("9600 BER 0");
-    assert!(sim.goodput() >= 0.97, "goodput {}", sim.goodput());
+    assert!(sim.goodput() >= 0.98, "goodput {}", sim.goodput());
 }
 
 #[test]
@@ -734,7 +723,7 @@ fn goodput_9600_ber_1e4() {
         1000,
     );
     sim.report("9600 BER 1e-4");
-    assert!(sim.goodput() >= 0.78, "goodput {}", sim.goodput());
+    assert!(sim.goodput() >= 0.80, "goodput {}", sim.goodput());
 }
 
 #[test]
@@ -748,7 +737,7 @@ fn goodput_115200_300ms() {
         1000,
     );
     sim.report("115200 300ms BER 0");
-    assert!(sim.goodput() >= 0.95, "goodput {}", sim.goodput());
+    assert!(sim.goodput() >= 0.97, "goodput {}", sim.goodput());
 }
 
 #[test]
@@ -940,30 +929,26 @@ proptest! {
     }
 }
 
+/// The targets of issue 5 hold for every seed, not just one: 100 KB at
+/// 9600 baud, ten seeds per bit error rate.
 #[test]
-fn zz_experiment() {
-    for size in [64usize, 92, 116, 150] {
-        let mut c = LapbConfig::default();
-        c.adaptive = false;
-        c.max_info = size;
-        let sim = transfer(c, line(960, 20, 1e-4), 150_000, 2_000, 4, 1000);
-        sim.report(&format!("fixed {size}"));
-    }
-}
-
-#[test]
-fn zz_debug() {
-    let mut sim = Sim::new(
-        LapbConfig::default(),
-        line(960, 20, 1e-4),
-        150_000,
-        2_000,
-        4,
-    );
-    for t in [28u64, 29, 30, 31] {
-        sim.run(Duration::from_secs(t));
-        let now = sim.instant();
-        eprintln!("t={t} A: {}", sim.a.lapb.debug_state(now));
-        eprintln!("t={t} B: {}", sim.b.lapb.debug_state(now));
+fn goodput_holds_across_seeds() {
+    for (ber, floor) in [(1e-4, 0.80), (1e-5, 0.91), (0.0, 0.98)] {
+        let mut g = Vec::new();
+        for seed in 20..30 {
+            let sim = transfer(
+                LapbConfig::default(),
+                line(960, 20, ber),
+                100_000,
+                1_000,
+                seed,
+                2000,
+            );
+            g.push(sim.goodput());
+        }
+        let min = g.iter().copied().fold(f64::INFINITY, f64::min);
+        let mean = g.iter().sum::<f64>() / g.len() as f64;
+        println!("9600 BER {ber:e} over 10 seeds: min {min:.3} mean {mean:.3}");
+        assert!(min >= floor, "BER {ber}: {g:?}");
     }
 }
