@@ -952,3 +952,122 @@ fn goodput_holds_across_seeds() {
         assert!(min >= floor, "BER {ber}: {g:?}");
     }
 }
+
+#[test]
+fn receiver_busy_mid_transfer_loses_nothing() {
+    let mut sim = Sim::new(
+        LapbConfig::default(),
+        line(960, 20, 1e-5),
+        30_000,
+        2_000,
+        19,
+    );
+    sim.run_to_limit = true;
+    sim.run(Duration::from_secs(8));
+    sim.b.lapb.set_receiver_busy(true);
+    sim.run(Duration::from_secs(14));
+    let during = sim.b.received.len();
+    sim.run(Duration::from_secs(20));
+    assert_eq!(sim.b.received.len(), during, "delivered while busy");
+    assert!(sim.a.lapb.stats().rnr_received > 0);
+    sim.b.lapb.set_receiver_busy(false);
+    sim.run_to_limit = false;
+    sim.run(Duration::from_secs(600));
+    assert!(sim.finished());
+    sim.check_exactly_once();
+}
+
+#[test]
+fn disconnect_then_reconnect() {
+    let mut sim = Sim::new(LapbConfig::default(), line(960, 20, 0.0), 5_000, 0, 20);
+    sim.run(Duration::from_secs(60));
+    assert!(sim.finished());
+    let now = sim.instant();
+    sim.a.lapb.disconnect(now);
+    sim.run_to_limit = true;
+    sim.run(Duration::from_secs(70));
+    assert_eq!(
+        sim.a.events.last(),
+        Some(&LapbEvent::Disconnected(DisconnectReason::Local))
+    );
+    assert_eq!(
+        sim.b.events.last(),
+        Some(&LapbEvent::Disconnected(DisconnectReason::Remote))
+    );
+    assert!(!sim.a.lapb.is_connected() && !sim.b.lapb.is_connected());
+    // B may set the link up again; A, having disconnected, refuses with DM.
+    let now = sim.instant();
+    sim.b.lapb.connect(now);
+    sim.run(Duration::from_secs(80));
+    assert_eq!(
+        sim.b.events.last(),
+        Some(&LapbEvent::Disconnected(DisconnectReason::Refused))
+    );
+    // A connects again: both up.
+    let now = sim.instant();
+    sim.a.lapb.connect(now);
+    sim.run(Duration::from_secs(90));
+    assert!(sim.a.lapb.is_connected() && sim.b.lapb.is_connected());
+    assert_eq!(sim.b.events.last(), Some(&LapbEvent::Connected));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Arbitrary frames, sends and timer runs never panic, and what comes out
+    /// stays within the limits.
+    #[test]
+    fn arbitrary_frames_never_panic(
+        mod8 in any::<bool>(),
+        selective in any::<bool>(),
+        dce in any::<bool>(),
+        ops in proptest::collection::vec(
+            (0u8..6, proptest::collection::vec(any::<u8>(), 0..12)), 0..80),
+    ) {
+        let mut cfg = if mod8 {
+            LapbConfig::default().with_window(Modulus::Mod8, 7)
+        } else {
+            LapbConfig::default()
+        };
+        cfg.selective_reject = selective;
+        cfg.max_info = 8;
+        cfg.min_info = 4;
+        let role = if dce { LapbRole::Dce } else { LapbRole::Dte };
+        let mut lapb = Lapb::new(cfg.with_line_rate(960), role);
+        let t0 = Instant::now();
+        let mut now = t0;
+        for (op, mut bytes) in ops {
+            match op {
+                0 | 1 => {
+                    // Mostly well-addressed frames, so the state machine is reached.
+                    if let Some(a) = bytes.first_mut() {
+                        *a = if *a & 1 == 0 { ADDRESS_A } else { ADDRESS_B };
+                    }
+                    lapb.handle_frame(&bytes, now);
+                }
+                2 => {
+                    now += Duration::from_millis(u64::from(bytes.first().copied().unwrap_or(0)) * 50);
+                    lapb.handle_timeout(now);
+                }
+                3 => {
+                    let _ = lapb.send(Bytes::from(bytes));
+                }
+                4 => lapb.connect(now),
+                _ => lapb.set_receiver_busy(bytes.len() % 2 == 0),
+            }
+            while let Some(f) = lapb.poll_transmit(now) {
+                prop_assert!(f.len() >= 2 && f.len() <= 8 + 3);
+                let modulus = if mod8 { Modulus::Mod8 } else { Modulus::Mod128 };
+                prop_assert!(LapbFrame::parse(&f, modulus).is_ok());
+            }
+            while let Some(ev) = lapb.poll_event() {
+                if let LapbEvent::Data(d) = ev {
+                    prop_assert!(d.len() <= 8);
+                }
+            }
+            if let Some(t) = lapb.poll_timeout() {
+                prop_assert!(t + Duration::from_secs(3600) > now);
+            }
+        }
+    }
+}
