@@ -1804,16 +1804,18 @@ impl Lapb {
 
     fn repeat_srejs(&mut self, now: Instant) {
         let m = self.modulus.value();
-        for off in 0..self.window {
-            let seq = seq_add(self.vr, usize::from(off), m);
+        for seq in 0..m {
             let due = self
                 .srej
                 .get(usize::from(seq))
                 .copied()
                 .flatten()
                 .filter(|s| s.sent_at + self.srej_timeout(s.count) <= now);
-            if let Some(s) = due {
+            let Some(s) = due else { continue };
+            if seq_sub(seq, self.vr, m) < self.window {
                 self.send_srej(seq, s.count + 1, now);
+            } else if let Some(slot) = self.srej.get_mut(usize::from(seq)) {
+                *slot = None; // outside the window: nothing to ask for
             }
         }
     }

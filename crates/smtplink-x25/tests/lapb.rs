@@ -918,8 +918,15 @@ proptest! {
         config.selective_reject = selective;
         let mut l = line(960, 30, 0.0);
         l.drop = drop;
-        l.dup = dup;
-        l.delay = dup;
+        // Duplicates and delays reorder frames by up to two frame times.
+        // Modulo 8 leaves a slack of only M - 2k = 2 frames against stale
+        // copies, too little for that (as on any modulo-8 HDLC link; real
+        // serial lines neither duplicate nor reorder), so only modulo 128
+        // gets them.
+        if !mod8 {
+            l.dup = dup;
+            l.delay = dup;
+        }
         let mut sim = Sim::new(config, l.clone(), 12_000, 1_500, seed);
         sim.ab.cfg.lose = lose_ab;
         sim.ba.cfg.lose = lose_ba;
@@ -1065,8 +1072,11 @@ proptest! {
                     prop_assert!(d.len() <= 8);
                 }
             }
-            if let Some(t) = lapb.poll_timeout() {
-                prop_assert!(t + Duration::from_secs(3600) > now);
+            // Running the timers that are due leaves none due: no busy loop.
+            if lapb.poll_timeout().is_some_and(|t| t <= now) {
+                lapb.handle_timeout(now);
+                while lapb.poll_transmit(now).is_some() {}
+                prop_assert!(lapb.poll_timeout().is_none_or(|t| t > now), "timer still due");
             }
         }
     }
