@@ -10,14 +10,21 @@
 //! packet layer** — many virtual circuits over the one link, each an
 //! `AsyncRead + AsyncWrite` that smtplink can run an SMTP session over.
 //!
-//! **Status:** only layer 1, [`framing`], is built. The link layer, the
-//! packet layer, the async adapter that wraps a stream, the `x25+…`
-//! transport registrations and the link figures for `smtplink queue` are not
-//! built yet (see issue 5).
+//! **Status:** layer 1, [`framing`], and layer 2, [`lapb`] (a sans-IO
+//! LAPB-like link with SREJ, adaptive T1 and adaptive information size), are
+//! built. The packet layer, the async adapter that wraps a stream, the
+//! `x25+…` transport registrations and the link figures for `smtplink queue`
+//! are not built yet (see issue 5).
 
 pub mod framing;
+pub mod lapb;
 
 pub use framing::{
     AccmMap, DecodeStats, FcsKind, FrameCodec, FrameConfig, FrameDecoder, FrameEncoder, FrameError,
     InvalidEscape,
+};
+
+pub use lapb::{
+    DisconnectReason, FrameReject, Lapb, LapbConfig, LapbEvent, LapbFrame, LapbRole, LapbStats,
+    Modulus, Supervisory, Unnumbered,
 };
