@@ -10,12 +10,22 @@
 //! packet layer** — many virtual circuits over the one link, each an
 //! `AsyncRead + AsyncWrite` that smtplink can run an SMTP session over.
 //!
-//! **Status:** only layer 1, [`framing`], is built. The link layer, the
-//! packet layer, the async adapter that wraps a stream, the `x25+…`
-//! transport registrations and the link figures for `smtplink queue` are not
-//! built yet (see issue 5).
+//! **Status:** layer 1, [`framing`], and layer 3, [`packet`] (the sans-IO
+//! packet layer: calls with the RFC 1090 protocol id, facility negotiation,
+//! per-circuit windows, M-bit segmentation, clear/reset/restart, timers
+//! T20-T23), are built. The link layer, the async adapter that wraps a
+//! stream, the `x25+…` transport registrations and the link figures for
+//! `smtplink queue` are not built yet (see issue 5).
 
+pub mod error;
 pub mod framing;
+pub mod packet;
+
+pub use error::X25Error;
+pub use packet::{
+    CircuitId, CircuitState, CircuitStats, CloseReason, Modulus, PacketConfig, PacketEvent,
+    PacketLayer, PacketRole,
+};
 
 pub use framing::{
     AccmMap, DecodeStats, FcsKind, FrameCodec, FrameConfig, FrameDecoder, FrameEncoder, FrameError,
