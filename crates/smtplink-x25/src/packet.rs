@@ -392,7 +392,6 @@ pub struct CircuitStats {
 
 /// What the packet layer tells the application.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[must_use]
 pub enum PacketEvent {
     /// The peer called `service`; answer with `accept` or `refuse`.
     IncomingCall {
@@ -1737,7 +1736,11 @@ fn on_data(
 #[cfg(test)]
 mod tests {
     //! Exact packet bytes (ITU-T X.25 §5-7 formats) through the public API.
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::field_reassign_with_default
+    )]
 
     use super::*;
 
