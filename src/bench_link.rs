@@ -310,7 +310,7 @@ async fn bench(args: BenchArgs) -> Result<bool, String> {
         let (sa, sb) = (line_a.stats(), line_b.stats());
         println!(
             "frames         A sent {} ({} retransmitted), B sent {} ({} retransmitted)",
-            sa.frames_sent, sa.lapb.retransmitted, sb.frames_sent, sb.lapb.retransmitted
+            sa.frames_sent, sa.lapb.i_frames_retransmitted, sb.frames_sent, sb.lapb.i_frames_retransmitted
         );
         println!(
             "frame errors   caught: {} at A, {} at B",

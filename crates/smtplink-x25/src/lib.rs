@@ -10,14 +10,30 @@
 //! packet layer** — many virtual circuits over the one link, each an
 //! `AsyncRead + AsyncWrite` that smtplink can run an SMTP session over.
 //!
-//! **Status:** layer 1, [`framing`], and layer 2, [`lapb`] (a sans-IO
-//! LAPB-like link with SREJ, adaptive T1 and adaptive information size), are
-//! built. The packet layer, the async adapter that wraps a stream, the
-//! `x25+…` transport registrations and the link figures for `smtplink queue`
-//! are not built yet (see issue 5).
+//! Layers: [`framing`] (RFC 1662 frames with a 32-bit check), [`lapb`]
+//! (a sans-IO LAPB-like link: SREJ, adaptive T1 and adaptive information
+//! size), [`packet`] (the sans-IO packet layer: calls with the RFC 1090
+//! protocol id, facility negotiation, per-circuit windows, M-bit
+//! segmentation, clear/reset/restart, timers T20-T23), [`line`] (the tokio
+//! task that runs them over a byte stream; circuits are `AsyncRead +
+//! AsyncWrite`) and [`transport`] (`x25+serial://`, `x25+mem://`,
+//! `x25+tcp://` as smtplink transports).
 
+pub mod error;
 pub mod framing;
 pub mod lapb;
+pub mod line;
+pub mod packet;
+
+pub use error::X25Error;
+pub use packet::{
+    CircuitId, CircuitState, CircuitStats, CloseReason, PacketConfig, PacketEvent,
+    PacketLayer, PacketRole,
+};
+pub mod transport;
+
+pub use line::{Circuit, Incoming, Line, LineConfig, LineStats, Role};
+pub use transport::X25Transport;
 
 pub use framing::{
     AccmMap, DecodeStats, FcsKind, FrameCodec, FrameConfig, FrameDecoder, FrameEncoder, FrameError,

@@ -72,13 +72,21 @@ pub struct LineConfig {
 }
 
 impl LineConfig {
-    /// Defaults for `role`.
+    /// Defaults for `role`: the link layer's defaults (modulo 128, SREJ,
+    /// adaptive frame size) and circuits with modulo 128 packet numbers,
+    /// up to 1024 data bytes per packet and a window of 32, so one circuit
+    /// alone can fill a long, fast line.
     pub fn new(role: Role) -> Self {
+        let mut packet = PacketConfig::default();
+        packet.modulus = crate::packet::Modulus::Mod128;
+        packet.max_packet = 1024;
+        packet.window = 32;
+        packet.send_buffer = 64 * 1024;
         LineConfig {
             role,
             frame: FrameConfig::default(),
             lapb: LapbConfig::default(),
-            packet: PacketConfig::default(),
+            packet,
             call_timeout: Duration::from_secs(60),
         }
     }
@@ -415,7 +423,7 @@ impl AsyncRead for Circuit {
                     .and_then(|slot| slot.closed.clone());
                 if state.packets.is_finished(this.id) || closed.is_some() {
                     return Poll::Ready(match closed {
-                        Some(reason) if !reason.is_orderly() => {
+                        Some(reason) if !is_orderly(&reason) => {
                             Err(Self::closed_error(Some(&reason)))
                         }
                         _ => Ok(()),
@@ -439,7 +447,7 @@ impl AsyncRead for Circuit {
                     .get(&this.id.0)
                     .and_then(|slot| slot.closed.clone());
                 Poll::Ready(match closed {
-                    Some(reason) if reason.is_orderly() => Ok(()),
+                    Some(reason) if is_orderly(&reason) => Ok(()),
                     other => Err(Self::closed_error(other.as_ref())),
                 })
             }
@@ -548,7 +556,8 @@ impl Driver {
         }
         let why = loop {
             let deadline = {
-                let mut state = lock(&self.shared);
+                let shared = self.shared.clone();
+                let mut state = lock(&shared);
                 self.pump(&mut state);
                 let deadline = match (&state.lapb, state.packets.poll_timeout()) {
                     (Some(lapb), packets) => earliest(lapb.poll_timeout(), packets),
@@ -601,7 +610,8 @@ impl Driver {
             }
         };
         tracing::info!(reason = %why, "x25 line ended");
-        let mut state = lock(&self.shared);
+        let shared = self.shared.clone();
+        let mut state = lock(&shared);
         state.packets.link_lost(now());
         self.pump(&mut state);
         // Calls waiting for an answer, listeners and circuits all learn.
@@ -800,10 +810,16 @@ impl Driver {
 
 impl State {
     /// The largest packet XOT may carry in one go: the configured data
-    /// size plus room for the longest packet header.
+    /// size plus room for the longest (modulo 128) data packet header.
     fn packets_max(&self) -> usize {
-        self.packets.max_packet_len()
+        self.packets.config().max_packet + 4
     }
+}
+
+/// An orderly end of a circuit reads as end-of-file; anything else (reset,
+/// restart, lost link) is an error, so SMTP never takes a cut for an end.
+fn is_orderly(reason: &CloseReason) -> bool {
+    matches!(reason, CloseReason::Local | CloseReason::Cleared { .. })
 }
 
 fn wake(waker: &mut Option<Waker>) {
