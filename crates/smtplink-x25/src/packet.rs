@@ -55,6 +55,18 @@
 //! when a circuit is cleared). A RESET ends the session (RFC 1090 §6): the
 //! circuit is reported closed with [`CloseReason::Reset`] and cleared.
 //!
+//! Reassembly is the byte stream itself: received bytes become readable as
+//! each packet arrives, whatever its M-bit (waiting for M=0 could deadlock,
+//! since only data that has been read is acknowledged). The D-bit is
+//! ignored and never set; Q-bit packets and interrupts are dropped (RFC
+//! 1090 §5), though a Q packet's sequence number still counts. We never
+//! send RNR: holding back P(R) until the application reads already closes
+//! the sender's window; a received RNR stops our data until RR.
+//!
+//! The two ends must take different [`PacketRole`]s (for instance the end
+//! that dials the line is the DTE): two DTEs would both allocate from the
+//! top and both ignore the other's colliding call.
+//!
 //! Every [`CircuitId`] handed to the application (from
 //! [`PacketLayer::call`] or [`PacketEvent::IncomingCall`]) gets exactly one
 //! [`PacketEvent::Closed`]. After it, buffered data can still be read; then
