@@ -922,13 +922,24 @@ pub struct PacketLayer {
 
 impl PacketLayer {
     /// A packet layer that is down until [`restart`](Self::restart).
-    /// Out-of-range settings are brought into range.
+    /// Out-of-range settings are brought into range (timeouts to at most a
+    /// year; an invalid own address becomes empty).
     pub fn new(mut config: PacketConfig, role: PacketRole) -> Self {
         let size = config.max_packet.clamp(16, 4096);
         config.max_packet = 1 << log2_size(size);
         config.window = config.window.clamp(1, config.modulus.max_window());
         config.channels = config.channels.clamp(1, 4095);
         config.send_buffer = config.send_buffer.max(1);
+        // Deadlines are `now + timeout`; keep that sum from overflowing.
+        let year = Duration::from_secs(365 * 24 * 3600);
+        for t in [
+            &mut config.call_timeout,
+            &mut config.clear_timeout,
+            &mut config.reset_timeout,
+            &mut config.restart_timeout,
+        ] {
+            *t = (*t).min(year);
+        }
         if !valid_address(&config.address) {
             config.address.clear();
         }
