@@ -55,6 +55,18 @@
 //! when a circuit is cleared). A RESET ends the session (RFC 1090 §6): the
 //! circuit is reported closed with [`CloseReason::Reset`] and cleared.
 //!
+//! Reassembly is the byte stream itself: received bytes become readable as
+//! each packet arrives, whatever its M-bit (waiting for M=0 could deadlock,
+//! since only data that has been read is acknowledged). The D-bit is
+//! ignored and never set; Q-bit packets and interrupts are dropped (RFC
+//! 1090 §5), though a Q packet's sequence number still counts. We never
+//! send RNR: holding back P(R) until the application reads already closes
+//! the sender's window; a received RNR stops our data until RR.
+//!
+//! The two ends must take different [`PacketRole`]s (for instance the end
+//! that dials the line is the DTE): two DTEs would both allocate from the
+//! top and both ignore the other's colliding call.
+//!
 //! Every [`CircuitId`] handed to the application (from
 //! [`PacketLayer::call`] or [`PacketEvent::IncomingCall`]) gets exactly one
 //! [`PacketEvent::Closed`]. After it, buffered data can still be read; then
@@ -910,13 +922,24 @@ pub struct PacketLayer {
 
 impl PacketLayer {
     /// A packet layer that is down until [`restart`](Self::restart).
-    /// Out-of-range settings are brought into range.
+    /// Out-of-range settings are brought into range (timeouts to at most a
+    /// year; an invalid own address becomes empty).
     pub fn new(mut config: PacketConfig, role: PacketRole) -> Self {
         let size = config.max_packet.clamp(16, 4096);
         config.max_packet = 1 << log2_size(size);
         config.window = config.window.clamp(1, config.modulus.max_window());
         config.channels = config.channels.clamp(1, 4095);
         config.send_buffer = config.send_buffer.max(1);
+        // Deadlines are `now + timeout`; keep that sum from overflowing.
+        let year = Duration::from_secs(365 * 24 * 3600);
+        for t in [
+            &mut config.call_timeout,
+            &mut config.clear_timeout,
+            &mut config.reset_timeout,
+            &mut config.restart_timeout,
+        ] {
+            *t = (*t).min(year);
+        }
         if !valid_address(&config.address) {
             config.address.clear();
         }

@@ -742,3 +742,45 @@ proptest! {
 fn m_max(m: Modulus) -> u8 {
     m.max_window()
 }
+
+#[test]
+fn call_collision_the_dte_call_wins() {
+    let mut c = config();
+    c.channels = 1;
+    let mut p = Pair::new(c.clone(), c, 128);
+    let from_a = p.a.call("smtp", p.now).unwrap();
+    let from_b = p.b.call("smtp", p.now).unwrap();
+    assert_eq!(from_a.lcn(), from_b.lcn());
+    p.pump();
+    assert_eq!(p.closed(false, from_b), Some(CloseReason::Collision));
+    let Some(PacketEvent::IncomingCall { id, .. }) = p
+        .ev_b
+        .iter()
+        .find(|e| matches!(e, PacketEvent::IncomingCall { .. }))
+        .cloned()
+    else {
+        panic!("{:?}", p.ev_b)
+    };
+    p.b.accept(id, p.now);
+    p.pump();
+    assert!(p.ev_a.contains(&PacketEvent::Connected(from_a)));
+    assert_eq!(
+        p.b.call("smtp", p.now),
+        Err(smtplink_x25::X25Error::NoFreeChannel)
+    );
+}
+
+#[test]
+fn control_packets_go_before_queued_data() {
+    let mut p = Pair::new(config(), config(), 128);
+    let (a, _b) = p.connect(true, "smtp");
+    p.a.write(a, &pattern(10_000, 1)).unwrap();
+    let _ = p.a.poll_packet(128, p.now).unwrap();
+    let other = p.a.call("smtp", p.now).unwrap();
+    let next = p.a.poll_packet(128, p.now).unwrap();
+    assert_eq!(next[2], 0x0B, "CALL REQUEST first");
+    assert_eq!(u16::from(next[1]), other.lcn());
+    p.a.clear(other, p.now);
+    let next = p.a.poll_packet(128, p.now).unwrap();
+    assert_eq!(next[2], 0x13, "then its CLEAR REQUEST");
+}
