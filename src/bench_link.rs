@@ -109,10 +109,7 @@ impl SessionHandler for SinkSession {
     async fn data_end(&mut self, _: &SessionInfo) -> Result<String, Reply> {
         let body = std::mem::take(&mut self.body);
         let number = message_number(&body);
-        let mut received = self
-            .received
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut received = self.received.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(number) = number {
             received.bodies.insert(number, body);
         }
@@ -201,8 +198,11 @@ async fn bench(args: BenchArgs) -> Result<bool, String> {
         },
         ..ClientSettings::default()
     };
-    let messages: Arc<Vec<Vec<u8>>> =
-        Arc::new((0..args.messages).map(|i| bench_message(i, args.size)).collect());
+    let messages: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..args.messages)
+            .map(|i| bench_message(i, args.size))
+            .collect(),
+    );
     let total_bytes: usize = messages.iter().map(Vec::len).sum();
     let start = tokio::time::Instant::now();
     let mut lines = None;
@@ -291,13 +291,21 @@ async fn bench(args: BenchArgs) -> Result<bool, String> {
     };
     println!(
         "mode           {}",
-        if args.raw { "raw SMTP on the line" } else { "SMTP over the X.25 adapter" }
+        if args.raw {
+            "raw SMTP on the line"
+        } else {
+            "SMTP over the X.25 adapter"
+        }
     );
     println!(
         "line           {} baud, ber {:e}, latency {} ms, seed {}",
         args.baud, args.ber, args.latency, args.seed
     );
-    println!("messages       {} sent, {intact} intact, {corrupted} corrupted, {} missing", messages.len(), messages.len() - received.bodies.len().min(messages.len()));
+    println!(
+        "messages       {} sent, {intact} intact, {corrupted} corrupted, {} missing",
+        messages.len(),
+        messages.len() - received.bodies.len().min(messages.len())
+    );
     println!("bytes          {total_bytes} sent, {intact_bytes} delivered intact");
     println!("line time      {seconds:.1} s");
     let a_to_b = handle.a_to_b();
@@ -310,7 +318,10 @@ async fn bench(args: BenchArgs) -> Result<bool, String> {
         let (sa, sb) = (line_a.stats(), line_b.stats());
         println!(
             "frames         A sent {} ({} retransmitted), B sent {} ({} retransmitted)",
-            sa.frames_sent, sa.lapb.i_frames_retransmitted, sb.frames_sent, sb.lapb.i_frames_retransmitted
+            sa.frames_sent,
+            sa.lapb.i_frames_retransmitted,
+            sb.frames_sent,
+            sb.lapb.i_frames_retransmitted
         );
         println!(
             "frame errors   caught: {} at A, {} at B",
@@ -341,8 +352,12 @@ async fn send_batch(
         .await
         .map_err(|e| e.to_string())?;
     for body in messages.iter().skip(first).step_by(step.max(1)) {
-        let envelope = Envelope::parse("a@node-a.test", &["b@node-b.test"]).map_err(|e| e.to_string())?;
-        let report = client.send(envelope, body).await.map_err(|e| e.to_string())?;
+        let envelope =
+            Envelope::parse("a@node-a.test", &["b@node-b.test"]).map_err(|e| e.to_string())?;
+        let report = client
+            .send(envelope, body)
+            .await
+            .map_err(|e| e.to_string())?;
         if !report.all_accepted() {
             return Err(format!("refused: {:?}", report.recipients));
         }

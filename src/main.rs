@@ -170,7 +170,10 @@ pub(crate) fn registry() -> Registry {
     // own link layer does that job), one line shared by every circuit.
     let x25 = Arc::new(smtplink_x25::X25Transport::new(
         Registry::new()
-            .with("serial", Arc::new(smtplink_serial::RawSerialTransport::new()))
+            .with(
+                "serial",
+                Arc::new(smtplink_serial::RawSerialTransport::new()),
+            )
             .with("mem", mem.clone()),
     ));
     Registry::new()

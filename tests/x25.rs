@@ -55,7 +55,7 @@ impl Node {
         let registry = Registry::new()
             .with("mem", Arc::new(mem.clone()))
             .with("x25+mem", Arc::new(x25));
-        let spool = Arc::new(Spool::open(&dir.path().join("spool")).unwrap());
+        let spool = Arc::new(Spool::open(dir.path().join("spool")).unwrap());
         let routes = RoutingTable::new(routes.iter().map(|r| Route::parse(r).unwrap()).collect());
         let ctx = Arc::new(RelayContext {
             hostname: name.to_owned(),
@@ -102,7 +102,12 @@ impl Node {
         tokio::spawn(worker.run(stop.clone()));
         let mut listeners = Vec::new();
         for url in listen {
-            listeners.push(registry.listen(&Endpoint::parse(url).unwrap()).await.unwrap());
+            listeners.push(
+                registry
+                    .listen(&Endpoint::parse(url).unwrap())
+                    .await
+                    .unwrap(),
+            );
         }
         tokio::spawn(async move { server.run(listeners).await });
         Node {
@@ -191,7 +196,10 @@ async fn two_relay_nodes_both_ways_over_x25_mem_through_the_simulator() {
     .await;
     let to_b = batch("a-to-b", "user@b.test", 25);
     let to_a = batch("b-to-a", "user@a.test", 25);
-    tokio::join!(a.submit("mem://submit-a", &to_b), b.submit("mem://submit-b", &to_a));
+    tokio::join!(
+        a.submit("mem://submit-a", &to_b),
+        b.submit("mem://submit-b", &to_a)
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
     loop {
         let done = delivered(&b.maildir(), "user@b.test").len() >= to_b.len()
@@ -246,11 +254,11 @@ impl SessionHandler for ArrivalSession {
             .find_map(|l| l.strip_prefix("Subject: "))
             .unwrap_or("")
             .to_owned();
-        self.arrivals
-            .0
-            .lock()
-            .unwrap()
-            .push((subject, self.body.len(), tokio::time::Instant::now()));
+        self.arrivals.0.lock().unwrap().push((
+            subject,
+            self.body.len(),
+            tokio::time::Instant::now(),
+        ));
         self.body.clear();
         Ok("ok".into())
     }
@@ -295,7 +303,9 @@ async fn a_small_message_overtakes_a_big_one_on_the_same_line() {
             .unwrap();
         let mut body = format!("Subject: {subject}\r\n\r\n").into_bytes();
         while body.len() < size {
-            body.extend_from_slice(b"0123456789 abcdefghijklmnopqrstuvwxyz 0123456789 abcdefghijklmnopqrst\r\n");
+            body.extend_from_slice(
+                b"0123456789 abcdefghijklmnopqrstuvwxyz 0123456789 abcdefghijklmnopqrst\r\n",
+            );
         }
         let envelope = Envelope::parse("a@a.test", &["b@b.test"]).unwrap();
         let sent_at = tokio::time::Instant::now();
@@ -361,29 +371,57 @@ fn two_serve_nodes_both_ways_over_x25_serial_on_a_pty_pair() {
     let b = Serve::start_with_config(
         "b.test",
         Some(config),
-        &["--listen", &b_line, "--route", "b.test=local", "--route", &format!("a.test={b_line}")],
+        &[
+            "--listen",
+            &b_line,
+            "--route",
+            "b.test=local",
+            "--route",
+            &format!("a.test={b_line}"),
+        ],
     );
     let a = Serve::start_with_config(
         "a.test",
         Some(config),
-        &["--listen", &a_line, "--route", "a.test=local", "--route", &format!("b.test={a_line}")],
+        &[
+            "--listen",
+            &a_line,
+            "--route",
+            "a.test=local",
+            "--route",
+            &format!("b.test={a_line}"),
+        ],
     );
     let work_a = tempfile::tempdir().unwrap();
     let work_b = tempfile::tempdir().unwrap();
     let to_b: Vec<(Vec<u8>, Vec<String>)> = (0..25)
-        .map(|i| (message("pty-a-to-b", i, 800 + 1500 * (i % 5)), vec!["user@b.test".to_string()]))
+        .map(|i| {
+            (
+                message("pty-a-to-b", i, 800 + 1500 * (i % 5)),
+                vec!["user@b.test".to_string()],
+            )
+        })
         .collect();
     let to_a: Vec<(Vec<u8>, Vec<String>)> = (0..25)
-        .map(|i| (message("pty-b-to-a", i, 800 + 1500 * (i % 5)), vec!["user@a.test".to_string()]))
+        .map(|i| {
+            (
+                message("pty-b-to-a", i, 800 + 1500 * (i % 5)),
+                vec!["user@a.test".to_string()],
+            )
+        })
         .collect();
     std::thread::scope(|s| {
         s.spawn(|| smtplib_batch(a.port, work_a.path(), &to_b));
         s.spawn(|| smtplib_batch(b.port, work_b.path(), &to_a));
     });
-    wait_for("every message at both ends", Duration::from_secs(120), || {
-        delivered(&b.maildir(), "user@b.test").len() >= 25
-            && delivered(&a.maildir(), "user@a.test").len() >= 25
-    });
+    wait_for(
+        "every message at both ends",
+        Duration::from_secs(120),
+        || {
+            delivered(&b.maildir(), "user@b.test").len() >= 25
+                && delivered(&a.maildir(), "user@a.test").len() >= 25
+        },
+    );
     let pairs = |v: &[(Vec<u8>, Vec<String>)]| -> Vec<(Vec<u8>, String)> {
         v.iter().map(|(m, to)| (m.clone(), to[0].clone())).collect()
     };

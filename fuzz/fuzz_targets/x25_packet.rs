@@ -8,7 +8,8 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use smtplink_x25::{Modulus, PacketConfig, PacketEvent, PacketLayer, PacketRole};
+use smtplink_x25::packet::Modulus;
+use smtplink_x25::{PacketConfig, PacketEvent, PacketLayer, PacketRole};
 
 fuzz_target!(|data: &[u8]| {
     let [flags, window, input @ ..] = data else {

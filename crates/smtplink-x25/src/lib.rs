@@ -18,6 +18,10 @@
 //! task that runs them over a byte stream; circuits are `AsyncRead +
 //! AsyncWrite`) and [`transport`] (`x25+serial://`, `x25+mem://`,
 //! `x25+tcp://` as smtplink transports).
+//!
+//! As in X.25, the link and packet layers number their frames and packets
+//! independently: [`Modulus`] (re-exported from [`lapb`]) is the link
+//! layer's, `packet::Modulus` the packet layer's.
 
 pub mod error;
 pub mod framing;
@@ -27,8 +31,8 @@ pub mod packet;
 
 pub use error::X25Error;
 pub use packet::{
-    CircuitId, CircuitState, CircuitStats, CloseReason, PacketConfig, PacketEvent,
-    PacketLayer, PacketRole,
+    CircuitId, CircuitState, CircuitStats, CloseReason, PacketConfig, PacketEvent, PacketLayer,
+    PacketRole,
 };
 pub mod transport;
 

@@ -219,7 +219,7 @@ impl Line {
         });
         let task = Driver {
             shared: shared.clone(),
-            decoder: FrameDecoder::new(config.frame.clone()),
+            decoder: FrameDecoder::new(config.frame),
             encoder: FrameEncoder::new(config.frame),
             xot_in: BytesMut::new(),
             out: BytesMut::new(),
@@ -417,10 +417,7 @@ impl AsyncRead for Circuit {
         let result = state.packets.read(this.id, buf.initialize_unfilled());
         match result {
             Ok(0) if buf.remaining() > 0 => {
-                let closed = state
-                    .circuits
-                    .get(&this.id.0)
-                    .and_then(|slot| slot.closed.clone());
+                let closed = state.circuits.get(&this.id.0).and_then(|slot| slot.closed);
                 if state.packets.is_finished(this.id) || closed.is_some() {
                     return Poll::Ready(match closed {
                         Some(reason) if !is_orderly(&reason) => {
@@ -442,10 +439,7 @@ impl AsyncRead for Circuit {
                 Poll::Ready(Ok(()))
             }
             Err(_) => {
-                let closed = state
-                    .circuits
-                    .get(&this.id.0)
-                    .and_then(|slot| slot.closed.clone());
+                let closed = state.circuits.get(&this.id.0).and_then(|slot| slot.closed);
                 Poll::Ready(match closed {
                     Some(reason) if is_orderly(&reason) => Ok(()),
                     other => Err(Self::closed_error(other.as_ref())),
@@ -466,7 +460,7 @@ impl AsyncWrite for Circuit {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
         let mut state = lock(&this.shared);
-        if let Some(reason) = state.circuits.get(&this.id.0).and_then(|s| s.closed.clone()) {
+        if let Some(reason) = state.circuits.get(&this.id.0).and_then(|s| s.closed) {
             return Poll::Ready(Err(Self::closed_error(Some(&reason))));
         }
         match state.packets.write(this.id, data) {
@@ -638,7 +632,7 @@ impl Driver {
         if state.lapb.is_some() {
             let mut frames = Vec::new();
             self.decoder.decode_all(bytes, &mut frames);
-            state.stats.decode = self.decoder.stats().clone();
+            state.stats.decode = *self.decoder.stats();
             state.stats.frames_received += frames.len() as u64;
             if let Some(lapb) = &mut state.lapb {
                 for frame in frames {

@@ -121,7 +121,9 @@ impl X25Transport {
     fn parse(&self, endpoint: &Endpoint) -> Result<Parsed, TransportError> {
         let invalid = |reason: String| TransportError::invalid_endpoint(endpoint, reason);
         let Some(inner_scheme) = endpoint.scheme().strip_prefix("x25+") else {
-            return Err(invalid("expected an x25+serial, x25+mem or x25+tcp URL".into()));
+            return Err(invalid(
+                "expected an x25+serial, x25+mem or x25+tcp URL".into(),
+            ));
         };
         let text = endpoint.to_string();
         let rest = text
@@ -137,8 +139,13 @@ impl X25Transport {
         for (key, value) in endpoint.query_pairs() {
             match key {
                 "service" => {
-                    if value.is_empty() || value.len() > 64 || !value.bytes().all(|b| b.is_ascii_graphic()) {
-                        return Err(invalid(format!("service must be a short printable name, not {value:?}")));
+                    if value.is_empty()
+                        || value.len() > 64
+                        || !value.bytes().all(|b| b.is_ascii_graphic())
+                    {
+                        return Err(invalid(format!(
+                            "service must be a short printable name, not {value:?}"
+                        )));
                     }
                     service = value.to_owned();
                 }
@@ -146,7 +153,9 @@ impl X25Transport {
                     role = Some(match value {
                         "dte" => Role::Dte,
                         "dce" => Role::Dce,
-                        _ => return Err(invalid(format!("role must be dte or dce, not {value:?}"))),
+                        _ => {
+                            return Err(invalid(format!("role must be dte or dce, not {value:?}")))
+                        }
                     });
                 }
                 "frame" => {
@@ -157,24 +166,29 @@ impl X25Transport {
                             .parse()
                             .ok()
                             .filter(|s| (16..=4096).contains(s))
-                            .ok_or_else(|| invalid(format!("frame must be auto or 16..4096 bytes, not {value:?}")))?;
+                            .ok_or_else(|| {
+                                invalid(format!(
+                                    "frame must be auto or 16..4096 bytes, not {value:?}"
+                                ))
+                            })?;
                         config.lapb.adaptive = false;
                         config.lapb.max_info = size;
                         config.lapb.min_info = size;
                     }
                 }
                 "window" => {
-                    config.lapb.window = value
-                        .parse()
-                        .ok()
-                        .filter(|w| *w >= 1)
-                        .ok_or_else(|| invalid(format!("window must be a number from 1, not {value:?}")))?;
+                    config.lapb.window =
+                        value.parse().ok().filter(|w| *w >= 1).ok_or_else(|| {
+                            invalid(format!("window must be a number from 1, not {value:?}"))
+                        })?;
                 }
                 "modulus" => {
                     config.lapb.modulus = match value {
                         "8" => Modulus::Mod8,
                         "128" => Modulus::Mod128,
-                        _ => return Err(invalid(format!("modulus must be 8 or 128, not {value:?}"))),
+                        _ => {
+                            return Err(invalid(format!("modulus must be 8 or 128, not {value:?}")))
+                        }
                     };
                 }
                 _ => {
@@ -217,8 +231,17 @@ impl X25Transport {
     }
 
     /// The open line for `parsed`, or a new one over a fresh inner stream.
-    async fn line_for(&self, parsed: &Parsed, default_role: Role) -> Result<(Line, u32), TransportError> {
-        if let Some(line) = self.table().get(&parsed.key).filter(|l| !l.is_ended()).cloned() {
+    async fn line_for(
+        &self,
+        parsed: &Parsed,
+        default_role: Role,
+    ) -> Result<(Line, u32), TransportError> {
+        if let Some(line) = self
+            .table()
+            .get(&parsed.key)
+            .filter(|l| !l.is_ended())
+            .cloned()
+        {
             return Ok((line, scale_for(parsed.line_rate)));
         }
         if self
@@ -255,7 +278,12 @@ impl X25Transport {
         let deadline = tokio::time::Instant::now() + parsed.config.call_timeout;
         loop {
             let attached = self.attached.notified();
-            if let Some(line) = self.table().get(&parsed.key).filter(|l| !l.is_ended()).cloned() {
+            if let Some(line) = self
+                .table()
+                .get(&parsed.key)
+                .filter(|l| !l.is_ended())
+                .cloned()
+            {
                 return Ok((line, scale_for(parsed.line_rate)));
             }
             if tokio::time::timeout_at(deadline, attached).await.is_err() {
@@ -274,7 +302,9 @@ impl X25Transport {
 
 /// SMTP timers stretch on slow lines (as for plain serial links).
 fn scale_for(line_rate: Option<u32>) -> u32 {
-    line_rate.map_or(1, |bytes_per_second| 730u32.div_ceil(bytes_per_second.max(1)))
+    line_rate.map_or(1, |bytes_per_second| {
+        730u32.div_ceil(bytes_per_second.max(1))
+    })
 }
 
 fn call_error(endpoint: &Endpoint, error: crate::X25Error) -> TransportError {
@@ -298,7 +328,10 @@ impl Transport for X25Transport {
             let mut config = parsed.config.clone();
             config.role = Role::Dte;
             let line = Line::spawn_xot(stream, config, format!("xot://{address}"));
-            let circuit = line.call(&parsed.service).await.map_err(|e| call_error(endpoint, e))?;
+            let circuit = line
+                .call(&parsed.service)
+                .await
+                .map_err(|e| call_error(endpoint, e))?;
             return Ok(circuit.into_link(1));
         }
         if parsed.inner.scheme() == "serial" && parsed.role.is_none() {
@@ -308,7 +341,10 @@ impl Transport for X25Transport {
             ));
         }
         let (line, scale) = self.line_for(&parsed, Role::Dte).await?;
-        let circuit = line.call(&parsed.service).await.map_err(|e| call_error(endpoint, e))?;
+        let circuit = line
+            .call(&parsed.service)
+            .await
+            .map_err(|e| call_error(endpoint, e))?;
         Ok(circuit.into_link(scale))
     }
 
@@ -446,9 +482,9 @@ async fn forward(
 
 fn tcp_address(endpoint: &Endpoint) -> Result<String, TransportError> {
     let host = endpoint.host().unwrap_or("127.0.0.1");
-    let port = endpoint
-        .port()
-        .ok_or_else(|| TransportError::invalid_endpoint(endpoint, "x25+tcp needs a port (XOT's is 1998)"))?;
+    let port = endpoint.port().ok_or_else(|| {
+        TransportError::invalid_endpoint(endpoint, "x25+tcp needs a port (XOT's is 1998)")
+    })?;
     Ok(if host.contains(':') {
         format!("[{host}]:{port}")
     } else {

@@ -8,9 +8,9 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
+use smtplink_x25::packet::Modulus;
 use smtplink_x25::{
-    CircuitId, CircuitState, CloseReason, Modulus, PacketConfig, PacketEvent, PacketLayer,
-    PacketRole,
+    CircuitId, CircuitState, CloseReason, PacketConfig, PacketEvent, PacketLayer, PacketRole,
 };
 
 struct Pair {
