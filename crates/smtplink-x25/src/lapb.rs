@@ -16,6 +16,37 @@
 //! sleep until lapb.poll_timeout()  -> lapb.handle_timeout(now)
 //! ```
 //!
+//! Two ends back to back (a real line would go through
+//! [`crate::FrameEncoder`] and [`crate::FrameDecoder`]):
+//!
+//! ```
+//! use std::time::Instant;
+//! use bytes::Bytes;
+//! use smtplink_x25::{Lapb, LapbConfig, LapbEvent, LapbRole};
+//!
+//! let now = Instant::now();
+//! let config = LapbConfig::default().with_line_rate(960); // 9600 baud, 8N1
+//! let mut a = Lapb::new(config.clone(), LapbRole::Dte);
+//! let mut b = Lapb::new(config, LapbRole::Dce);
+//! a.connect(now);
+//! let mut pump = |from: &mut Lapb, to: &mut Lapb| {
+//!     while let Some(frame) = from.poll_transmit(now) {
+//!         to.handle_frame(&frame, now);
+//!     }
+//! };
+//! pump(&mut a, &mut b); // SABME
+//! pump(&mut b, &mut a); // UA
+//! assert_eq!(a.poll_event(), Some(LapbEvent::Connected));
+//! assert_eq!(b.poll_event(), Some(LapbEvent::Connected));
+//!
+//! assert!(a.can_send());
+//! a.send(Bytes::from_static(b"HELO x\r\n")).unwrap();
+//! pump(&mut a, &mut b);
+//! assert_eq!(b.poll_event(), Some(LapbEvent::Data(Bytes::from_static(b"HELO x\r\n"))));
+//! pump(&mut b, &mut a); // RR
+//! assert_eq!(a.stats().i_frames_sent, 1);
+//! ```
+//!
 //! # What it does
 //!
 //! * **Set-up and clearing**: SABM (modulo 8) or SABME (modulo 128) with

@@ -1081,3 +1081,52 @@ proptest! {
         }
     }
 }
+
+/// 400 runs: 9600 baud at BER 1e-4 with 20..220 ms latency, and 115200
+/// baud with 300 ms at BER 0..2e-4; drops, duplicates, delays, and a cut
+/// of up to 45 s in a third of them; SREJ and REJ. Slow in debug builds:
+/// `cargo test --release -p smtplink-x25 --test lapb -- --ignored`.
+#[test]
+#[ignore]
+fn stress_many_seeds() {
+    let mut bad = Vec::new();
+    for seed in 100..300u64 {
+        for selective in [true, false] {
+            let mut c = LapbConfig::default();
+            c.selective_reject = selective;
+            let mut l = if seed % 2 == 0 {
+                line(960, 20 + seed % 200, 1e-4)
+            } else {
+                line(11_520, 300, 1e-4 * (seed % 3) as f64)
+            };
+            l.drop = 0.03;
+            l.dup = 0.05;
+            l.delay = 0.05;
+            if seed % 3 == 0 {
+                l.cuts = vec![(Duration::from_secs(5), Duration::from_secs(5 + seed % 40))];
+            }
+            let mut sim = Sim::new(
+                c,
+                l,
+                if seed % 2 == 0 { 20_000 } else { 200_000 },
+                3_000,
+                seed,
+            );
+            sim.run(Duration::from_secs(5000));
+            let ok = sim.finished()
+                && sim.b.received == sim.a.sent_units
+                && sim.a.received == sim.b.sent_units;
+            let resets = sim
+                .a
+                .events
+                .iter()
+                .chain(sim.b.events.iter())
+                .filter(|e| **e == LapbEvent::Reset)
+                .count();
+            if !ok || resets > 0 {
+                bad.push((seed, selective, ok, resets, sim.now));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "{bad:?}");
+}
