@@ -46,14 +46,30 @@
 //! (P(R) in RR or piggy-backed on DATA) only data the application has
 //! [`read`](PacketLayer::read), so a slow reader closes only its own
 //! circuit's window. `poll_packet` sends control packets first, then
-//! acknowledgements, then data round-robin across circuits, one packet per
-//! circuit per turn. A write larger than a packet is segmented with the
-//! M-bit; the receiver delivers bytes as they come and accepts M=1 on short
-//! packets (the link picks the size). [`PacketLayer::clear`] sends CLEAR
+//! acknowledgements that are due, then data round-robin across circuits,
+//! one packet per circuit per turn. A write larger than a packet is
+//! segmented with the M-bit; the receiver delivers bytes as they come and
+//! accepts M=1 on short packets (the link picks the size).
+//! [`PacketLayer::clear`] sends CLEAR
 //! REQUEST only once the circuit's data has been sent and acknowledged, so
 //! the last reply is not lost (RFC 1090 §9: X.25 discards data in transit
-//! when a circuit is cleared). A RESET ends the session (RFC 1090 §6): the
-//! circuit is reported closed with [`CloseReason::Reset`] and cleared.
+//! when a circuit is cleared); with delayed acknowledgements that can take
+//! up to the peer's `ack_delay` after the peer read it. A RESET ends the
+//! session (RFC 1090 §6): the circuit is reported closed with
+//! [`CloseReason::Reset`] and cleared.
+//!
+//! Acknowledgements are coalesced, because on a slow line each RR costs an
+//! I-frame one way and a link-level RR the other. Every DATA packet
+//! carries the current P(R), so an acknowledgement owed on a circuit that
+//! has data to send rides on that data. A standalone RR goes out only when
+//! the application has read at least half the receive window (rounded up)
+//! of packets not yet acknowledged, or when
+//! [`ack_delay`](PacketConfig::ack_delay) has passed since a read left
+//! something unacknowledged (a timer like the others: see
+//! [`poll_timeout`](PacketLayer::poll_timeout)). A sender with a full
+//! window therefore hears within `ack_delay` of the reader reading, and
+//! sooner once half a window has been read; an SMTP command read and
+//! answered within `ack_delay` is acknowledged by the reply alone.
 //!
 //! Reassembly is the byte stream itself: received bytes become readable as
 //! each packet arrives, whatever its M-bit (waiting for M=0 could deadlock,
@@ -273,6 +289,16 @@ pub struct PacketConfig {
     pub reset_timeout: Duration,
     /// T20: how often RESTART REQUEST is repeated until confirmed. 180 s.
     pub restart_timeout: Duration,
+    /// Longest wait before data the application has read is acknowledged
+    /// by a standalone RR, when no DATA packet carried the acknowledgement
+    /// meanwhile and less than half the receive window has been read
+    /// (half or more is acknowledged at once). Default 100 ms: long enough
+    /// for a local SMTP reply to carry the acknowledgement of the command,
+    /// short against the line time of half a window (256-byte packets at
+    /// 9600 bit/s: about 0.27 s each, so about 1 s for half of window 7),
+    /// so a sender's window does not run dry waiting. `Duration::ZERO`
+    /// acknowledges every read at once (one RR per packet read).
+    pub ack_delay: Duration,
     /// Our X.121 address (up to 15 digits, may be empty): the calling
     /// address in our CALL REQUESTs.
     pub address: String,
@@ -290,6 +316,7 @@ impl Default for PacketConfig {
             clear_timeout: Duration::from_secs(180),
             reset_timeout: Duration::from_secs(180),
             restart_timeout: Duration::from_secs(180),
+            ack_delay: Duration::from_millis(100),
             address: String::new(),
         }
     }
@@ -816,6 +843,11 @@ struct Circuit {
     rx_len: usize,
     /// The P(R) we last sent.
     pr_sent: u8,
+    /// When a standalone RR becomes due for data read but not yet
+    /// acknowledged (the delayed-ack timer).
+    ack_deadline: Option<Instant>,
+    /// The delayed-ack timer ran out: RR on the next `poll_packet`.
+    ack_due: bool,
     stats: CircuitStats,
 }
 
@@ -843,12 +875,51 @@ impl Circuit {
             rx: VecDeque::new(),
             rx_len: 0,
             pr_sent: 0,
+            ack_deadline: None,
+            ack_due: false,
             stats: CircuitStats::default(),
         }
     }
 
     fn ack_point(&self, m: Modulus) -> u8 {
         m.sub(self.vr, (self.rx.len() % 128) as u8)
+    }
+
+    /// Packets read (wholly) but not yet acknowledged.
+    fn unacked(&self, m: Modulus) -> u8 {
+        m.sub(self.ack_point(m), self.pr_sent)
+    }
+
+    /// Starts the delayed-ack timer if something read is unacknowledged and
+    /// the timer is not already running. Without a time (nothing has told
+    /// the layer the time yet) the RR is due at once.
+    fn arm_ack(&mut self, m: Modulus, now: Option<Instant>, delay: Duration) {
+        if self.unacked(m) == 0 || self.ack_deadline.is_some() || self.ack_due {
+            return;
+        }
+        match now {
+            Some(now) => self.ack_deadline = Some(now + delay),
+            None => self.ack_due = true,
+        }
+    }
+
+    /// Whether a standalone RR should go out now: something is
+    /// unacknowledged, no DATA packet can carry it, and half the receive
+    /// window has been read or the delayed-ack timer ran out.
+    fn rr_due(&self, m: Modulus, cap: usize, now: Instant) -> bool {
+        let unacked = self.unacked(m);
+        unacked > 0
+            && !self.can_send_data(m, cap)
+            && (unacked >= self.recv_window.div_ceil(2)
+                || self.ack_due
+                || self.ack_deadline.is_some_and(|d| d <= now))
+    }
+
+    /// Records that P(R) `pr` (the current ack point) went out.
+    fn sent_pr(&mut self, pr: u8) {
+        self.pr_sent = pr;
+        self.ack_deadline = None;
+        self.ack_due = false;
     }
 
     fn pop_read(&mut self) {
@@ -918,6 +989,9 @@ pub struct PacketLayer {
     events: VecDeque<PacketEvent>,
     /// Round-robin cursor: the channel to offer a data turn first.
     next_turn: u16,
+    /// The latest time the caller gave us; `read` (which takes none) times
+    /// the delayed acknowledgement from it, so the RR can only come early.
+    clock: Option<Instant>,
 }
 
 impl PacketLayer {
@@ -937,6 +1011,7 @@ impl PacketLayer {
             &mut config.clear_timeout,
             &mut config.reset_timeout,
             &mut config.restart_timeout,
+            &mut config.ack_delay,
         ] {
             *t = (*t).min(year);
         }
@@ -954,7 +1029,13 @@ impl PacketLayer {
             ctrl: VecDeque::new(),
             events: VecDeque::new(),
             next_turn: 0,
+            clock: None,
         }
+    }
+
+    /// Notes the time the caller passed in.
+    fn tick(&mut self, now: Instant) {
+        self.clock = Some(self.clock.map_or(now, |c| c.max(now)));
     }
 
     /// The settings in force (after range corrections).
@@ -971,6 +1052,7 @@ impl PacketLayer {
     /// [`CloseReason::Restart`]; calls not yet sent survive and go out once
     /// the restart is confirmed.
     pub fn restart(&mut self, now: Instant) {
+        self.tick(now);
         self.ctrl.clear();
         self.end_all(CloseReason::Restart {
             cause: CAUSE_DTE,
@@ -985,7 +1067,8 @@ impl PacketLayer {
     /// The link went down: every circuit the peer knew of ends with
     /// [`CloseReason::LinkLost`]. Call [`restart`](Self::restart) when it is
     /// back.
-    pub fn link_lost(&mut self, _now: Instant) {
+    pub fn link_lost(&mut self, now: Instant) {
+        self.tick(now);
         self.ctrl.clear();
         self.end_all(CloseReason::LinkLost);
         self.state = LayerState::Down;
@@ -1007,6 +1090,7 @@ impl PacketLayer {
         service: &str,
         now: Instant,
     ) -> Result<CircuitId, X25Error> {
+        self.tick(now);
         if service.len() > MAX_SERVICE_LEN || !service.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(X25Error::InvalidService);
         }
@@ -1060,6 +1144,7 @@ impl PacketLayer {
             if let Some(mut c) = self.live.remove(&lcn) {
                 c.tx = BytesMut::new();
                 c.deadline = None;
+                c.ack_deadline = None;
                 self.gone.insert(c.id, c);
             }
         }
@@ -1083,7 +1168,8 @@ impl PacketLayer {
     /// Answers an [`PacketEvent::IncomingCall`] with CALL ACCEPTED, carrying
     /// the negotiated packet sizes and windows. No effect on a circuit that
     /// is not an unanswered incoming call.
-    pub fn accept(&mut self, id: CircuitId, _now: Instant) {
+    pub fn accept(&mut self, id: CircuitId, now: Instant) {
+        self.tick(now);
         let m = self.m();
         let Some(c) = self.live.get_mut(&id.lcn()).filter(|c| c.id == id) else {
             return;
@@ -1105,6 +1191,7 @@ impl PacketLayer {
     /// diagnostic). [`PacketEvent::Closed`] with [`CloseReason::Local`]
     /// follows once confirmed. No effect on other circuits.
     pub fn refuse(&mut self, id: CircuitId, cause: u8, diagnostic: u8, now: Instant) {
+        self.tick(now);
         let m = self.m();
         let t23 = self.config.clear_timeout;
         let Some(c) = self.live.get_mut(&id.lcn()).filter(|c| c.id == id) else {
@@ -1121,6 +1208,7 @@ impl PacketLayer {
     /// §9: the caller clears after the 221 reply. A call not yet answered is
     /// cleared at once. [`PacketEvent::Closed`] follows.
     pub fn clear(&mut self, id: CircuitId, now: Instant) {
+        self.tick(now);
         let m = self.m();
         let t23 = self.config.clear_timeout;
         let Some(c) = self.live.get_mut(&id.lcn()).filter(|c| c.id == id) else {
@@ -1167,8 +1255,12 @@ impl PacketLayer {
     /// Reads received bytes in order. `Ok(0)` with
     /// [`is_finished`](Self::is_finished) false means "nothing yet" (wait
     /// for [`PacketEvent::Readable`]). Reading is what acknowledges data to
-    /// the sender: the RR goes out on the next `poll_packet`.
+    /// the sender: on the next DATA packet of this circuit, or in an RR from
+    /// `poll_packet` once half the receive window has been read or
+    /// [`ack_delay`](PacketConfig::ack_delay) has passed (timed from the
+    /// last instant given to the layer, since `read` takes none).
     pub fn read(&mut self, id: CircuitId, buf: &mut [u8]) -> Result<usize, X25Error> {
+        let (m, clock, delay) = (self.m(), self.clock, self.config.ack_delay);
         let Some(c) = self.get_mut(id) else {
             return Err(X25Error::UnknownCircuit);
         };
@@ -1186,6 +1278,7 @@ impl PacketLayer {
             c.pop_read();
         }
         c.rx_len = c.rx_len.saturating_sub(n);
+        c.arm_ack(m, clock, delay);
         Ok(n)
     }
 
@@ -1244,6 +1337,7 @@ impl PacketLayer {
     /// or an XOT payload). Never panics; see the module docs for how bad
     /// packets are answered.
     pub fn handle_packet(&mut self, packet: &[u8], now: Instant) {
+        self.tick(now);
         let (Some(&b0), Some(&b1)) = (packet.first(), packet.get(1)) else {
             return;
         };
@@ -1383,6 +1477,7 @@ impl PacketLayer {
         let mine_window = self.config.window;
         let t22 = self.config.reset_timeout;
         let t23 = self.config.clear_timeout;
+        let ack_delay = self.config.ack_delay;
         let ctrl = &mut self.ctrl;
         let events = &mut self.events;
         let Some(c) = self.live.get_mut(&lcn) else {
@@ -1457,7 +1552,11 @@ impl PacketLayer {
                 let result = match parsed {
                     Ok(Packet::Data {
                         q, ps, pr, payload, ..
-                    }) => on_data(events, m, c, q, ps, pr, payload),
+                    }) => on_data(events, m, c, q, ps, pr, payload).map(|()| {
+                        // A Q packet with nothing unread before it counts
+                        // as read at once.
+                        c.arm_ack(m, Some(now), ack_delay);
+                    }),
                     Ok(Packet::Rr { pr }) => on_ack(m, c, pr).map(|()| c.peer_busy = false),
                     Ok(Packet::Rnr { pr }) => on_ack(m, c, pr).map(|()| c.peer_busy = true),
                     Ok(Packet::Rej) => Err(diag::REJECT_NOT_SUBSCRIBED),
@@ -1515,13 +1614,15 @@ impl PacketLayer {
 
     /// The next packet for the link, or `None`. Control packets come first
     /// (restart, call set-up, clearing, reset), then calls waiting for the
-    /// layer to be ready, then RR for circuits whose acknowledgement cannot
+    /// layer to be ready, then RR for circuits whose acknowledgement is due
+    /// (half the receive window read, or `ack_delay` passed) and cannot
     /// ride on data, then one DATA packet from the next circuit in
     /// round-robin order. A DATA packet is at most `max_len` bytes in all
     /// and its data field at most the negotiated packet size. Control
     /// packets are at most [`MAX_CONTROL_LEN`] bytes whatever `max_len` is.
     #[must_use]
     pub fn poll_packet(&mut self, max_len: usize, now: Instant) -> Option<Bytes> {
+        self.tick(now);
         self.progress(now);
         if let Some(p) = self.ctrl.pop_front() {
             return Some(p);
@@ -1555,12 +1656,9 @@ impl PacketLayer {
         }
         let cap = max_len.saturating_sub(m.data_header_len());
         for (lcn, c) in self.live.iter_mut() {
-            if c.wire != Wire::Open {
-                continue;
-            }
-            let ack = c.ack_point(m);
-            if ack != c.pr_sent && !c.can_send_data(m, cap) {
-                c.pr_sent = ack;
+            if c.wire == Wire::Open && c.rr_due(m, cap, now) {
+                let ack = c.ack_point(m);
+                c.sent_pr(ack);
                 return Some(enc_flow(m, *lcn, ty::RR, ack));
             }
         }
@@ -1576,8 +1674,10 @@ impl PacketLayer {
         let chunk = c.tx.split_to(n);
         let more = !c.tx.is_empty() && c.seq_len + n < MAX_M_SEQUENCE;
         c.seq_len = if more { c.seq_len + n } else { 0 };
+        // Always the current P(R): this acknowledges everything read, so
+        // no RR is owed for it any more.
         let pr = c.ack_point(m);
-        c.pr_sent = pr;
+        c.sent_pr(pr);
         let packet = enc_data(m, lcn, c.vs, pr, more, &chunk);
         c.vs = m.add(c.vs, 1);
         c.stats.packets_out += 1;
@@ -1603,9 +1703,15 @@ impl PacketLayer {
             LayerState::Restarting => self.restart_deadline,
             _ => None,
         };
+        let acks = self
+            .live
+            .values()
+            .filter(|c| c.wire == Wire::Open)
+            .filter_map(|c| c.ack_deadline);
         self.live
             .values()
             .filter_map(|c| c.deadline)
+            .chain(acks)
             .chain(restart)
             .min()
     }
@@ -1613,9 +1719,11 @@ impl PacketLayer {
     /// Runs the timers that are due: T20 (repeat RESTART REQUEST), T21
     /// (clear an unanswered call, or an incoming call the application did
     /// not answer), T22 (clear after an unconfirmed reset), T23 (repeat
-    /// CLEAR REQUEST once, then free the channel), and the wait of `clear`
-    /// for the peer to acknowledge our data.
+    /// CLEAR REQUEST once, then free the channel), the wait of `clear`
+    /// for the peer to acknowledge our data, and the delayed-ack timer (the
+    /// RR then goes out on the next `poll_packet`).
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.tick(now);
         let m = self.m();
         if self.state == LayerState::Restarting && self.restart_deadline.is_some_and(|d| d <= now) {
             if self.ctrl.is_empty() {
@@ -1626,6 +1734,10 @@ impl PacketLayer {
         }
         let t23 = self.config.clear_timeout;
         for c in self.live.values_mut() {
+            if c.wire == Wire::Open && c.ack_deadline.is_some_and(|d| d <= now) {
+                c.ack_deadline = None;
+                c.ack_due = true;
+            }
             if c.deadline.is_none_or(|d| d > now) {
                 continue;
             }
@@ -1775,6 +1887,18 @@ mod tests {
         std::iter::from_fn(|| l.poll_packet(1024, now))
             .map(|b| b.to_vec())
             .collect()
+    }
+
+    /// After a read of less than half the window: no RR at once; the
+    /// delayed-ack timer is at `now + ack_delay`, and when it runs out the
+    /// RR goes out. Returns what was sent then.
+    fn delayed_ack(l: &mut PacketLayer, now: Instant) -> Vec<Vec<u8>> {
+        assert!(drain(l, now).is_empty(), "no RR before ack_delay");
+        let t = now + l.config().ack_delay;
+        assert_eq!(l.poll_timeout(), Some(t));
+        l.handle_timeout(t);
+        assert_eq!(l.poll_timeout(), None);
+        drain(l, t)
     }
 
     fn events(l: &mut PacketLayer) -> Vec<PacketEvent> {
@@ -1931,8 +2055,8 @@ mod tests {
         let mut buf = [0u8; 8];
         assert_eq!(l.read(id, &mut buf).unwrap(), 2);
         assert_eq!(&buf[..2], b"hi");
-        // RR P(R)=1.
-        assert_eq!(drain(&mut l, now), [vec![0x10, 0x40, 0x21]]);
+        // RR P(R)=1, after the ack delay (one packet < half of window 7).
+        assert_eq!(delayed_ack(&mut l, now), [vec![0x10, 0x40, 0x21]]);
         // RNR P(R)=1: no data until RR.
         l.handle_packet(&[0x10, 0x40, 0x25], now);
         assert_eq!(l.write(id, b"x").unwrap(), 1);
@@ -1971,7 +2095,7 @@ mod tests {
         let mut buf = [0u8; 16];
         assert_eq!(l.read(id, &mut buf).unwrap(), 5);
         assert_eq!(&buf[..5], b"abcde");
-        assert_eq!(drain(&mut l, now), [vec![0x10, 0x40, 0x61]]); // RR P(R)=3
+        assert_eq!(delayed_ack(&mut l, now), [vec![0x10, 0x40, 0x61]]); // RR P(R)=3
     }
 
     #[test]
@@ -2001,7 +2125,7 @@ mod tests {
         let mut buf = [0u8; 4];
         assert_eq!(l.read(id, &mut buf).unwrap(), 1);
         // RR modulo 128: 0x01 then P(R)<<1.
-        assert_eq!(drain(&mut l, now), [vec![0x20, 0x40, 0x01, 0x02]]);
+        assert_eq!(delayed_ack(&mut l, now), [vec![0x20, 0x40, 0x01, 0x02]]);
         // RNR modulo 128 parses.
         l.handle_packet(&[0x20, 0x40, 0x05, 0x02], now);
         l.write(id, b"q").unwrap();
@@ -2284,6 +2408,6 @@ mod tests {
         let mut buf = [0u8; 32];
         assert_eq!(l.read(id, &mut buf).unwrap(), 5);
         assert_eq!(&buf[..5], b"plain");
-        assert_eq!(drain(&mut l, now), [vec![0x10, 0x40, 0x41]]); // RR P(R)=2
+        assert_eq!(delayed_ack(&mut l, now), [vec![0x10, 0x40, 0x41]]); // RR P(R)=2
     }
 }

@@ -22,6 +22,20 @@ struct Pair {
     max_len: usize,
     ev_a: Vec<PacketEvent>,
     ev_b: Vec<PacketEvent>,
+    /// Standalone RR packets sent by A and by B.
+    rr_a: usize,
+    rr_b: usize,
+    /// DATA packets sent by A and by B.
+    data_a: usize,
+    data_b: usize,
+}
+
+/// (is DATA, is RR) for a packet of either modulus.
+fn kind(p: &[u8]) -> (bool, bool) {
+    let t = p.get(2).copied().unwrap_or(0);
+    let mod8 = p.first().is_some_and(|g| g & 0x30 == 0x10);
+    let rr = if mod8 { t & 0x1F == 0x01 } else { t == 0x01 };
+    (t & 1 == 0, rr)
 }
 
 impl Pair {
@@ -34,6 +48,10 @@ impl Pair {
             max_len,
             ev_a: Vec::new(),
             ev_b: Vec::new(),
+            rr_a: 0,
+            rr_b: 0,
+            data_a: 0,
+            data_b: 0,
         };
         p.a.restart(now);
         p.b.restart(now);
@@ -54,11 +72,17 @@ impl Pair {
         let mut moved = false;
         if let Some(p) = self.a.poll_packet(self.max_len, self.now) {
             check_len(&p, self.max_len);
+            let (data, rr) = kind(&p);
+            self.data_a += usize::from(data);
+            self.rr_a += usize::from(rr);
             self.b.handle_packet(&p, self.now);
             moved = true;
         }
         if let Some(p) = self.b.poll_packet(self.max_len, self.now) {
             check_len(&p, self.max_len);
+            let (data, rr) = kind(&p);
+            self.data_b += usize::from(data);
+            self.rr_b += usize::from(rr);
             self.a.handle_packet(&p, self.now);
             moved = true;
         }
@@ -66,13 +90,33 @@ impl Pair {
         moved
     }
 
+    /// Steps until quiet. Like a driver, it then sleeps until the next
+    /// timer if that is a short one (the delayed ack: at most `ack_delay`
+    /// away), and goes on; the long timers (T20-T23) only run through
+    /// `advance`.
     fn pump(&mut self) {
         for _ in 0..1_000_000 {
-            if !self.step() {
+            if !self.step() && !self.short_timer() {
                 return;
             }
         }
         panic!("the pair never went quiet");
+    }
+
+    /// Runs the next timer of either end if it is due within `ack_delay`.
+    fn short_timer(&mut self) -> bool {
+        let short = self.a.config().ack_delay.max(self.b.config().ack_delay);
+        let next = [self.a.poll_timeout(), self.b.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min();
+        match next {
+            Some(t) if t <= self.now + short => {
+                self.advance(t.saturating_duration_since(self.now));
+                true
+            }
+            _ => false,
+        }
     }
 
     fn collect(&mut self) {
@@ -783,4 +827,180 @@ fn control_packets_go_before_queued_data() {
     p.a.clear(other, p.now);
     let next = p.a.poll_packet(128, p.now).unwrap();
     assert_eq!(next[2], 0x13, "then its CLEAR REQUEST");
+}
+
+// ---------------------------------------------------------------------------
+// Acknowledgement coalescing
+// ---------------------------------------------------------------------------
+
+/// 1 MiB one way, the reader reading everything as it arrives: (DATA
+/// packets A sent, RR packets B sent, steps taken).
+fn one_way_rr_count(c: PacketConfig, max_len: usize) -> (usize, usize, usize) {
+    let mut p = Pair::new(c.clone(), c, max_len);
+    let (a, b) = p.connect(true, "smtp");
+    let (rr_a0, rr_b0, data_b0) = (p.rr_a, p.rr_b, p.data_b);
+    let mut flows = [Flow::new(true, (a, b), pattern(1 << 20, 7))];
+    let steps = run(&mut p, &mut flows, 10_000_000);
+    assert!(flows[0].got == flows[0].data);
+    p.pump();
+    assert_eq!(p.rr_a, rr_a0, "the sender owes nothing");
+    assert_eq!(p.data_b, data_b0, "the reader sends no data");
+    (p.data_a, p.rr_b - rr_b0, steps)
+}
+
+#[test]
+fn rr_packets_for_one_mebibyte_one_way() {
+    let mut w32 = config();
+    w32.modulus = Modulus::Mod128;
+    w32.window = 32;
+    let mut w7 = config();
+    w7.window = 7;
+    for (c, max_len) in [(w7, 3 + 256), (w32, 4 + 256)] {
+        let w = usize::from(c.window);
+        let (packets, rr, steps) = one_way_rr_count(c.clone(), max_len);
+        assert_eq!(packets, 4096);
+        // Half a window (rounded up) per RR, plus a few for the tail.
+        assert!(rr <= packets / w.div_ceil(2) + 3, "window {w}: {rr} RR");
+        // Before: ack_delay zero acknowledges every packet read.
+        let mut every = c.clone();
+        every.ack_delay = Duration::ZERO;
+        let (packets0, rr0, steps0) = one_way_rr_count(every, max_len);
+        assert_eq!((packets0, rr0), (4096, 4096), "window {w}");
+        // And the transfer is no slower for it.
+        assert!(steps <= steps0, "window {w}: {steps} steps vs {steps0}");
+        eprintln!("window {w}: {packets} DATA, {rr} RR (every read acked: {rr0}); steps {steps} vs {steps0}");
+    }
+}
+
+#[test]
+fn full_window_sender_hears_within_ack_delay() {
+    let mut mod128 = config();
+    mod128.modulus = Modulus::Mod128;
+    let cases = [(config(), 1u8), (config(), 2), (config(), 3), (config(), 7)]
+        .into_iter()
+        .chain([(mod128.clone(), 32), (mod128, 127)]);
+    for (mut c, w) in cases {
+        c.window = w;
+        c.max_packet = 128;
+        c.send_buffer = 64 * 1024;
+        let delay = c.ack_delay;
+        let half = usize::from(w.div_ceil(2));
+        for k in 1..=usize::from(w) {
+            let mut p = Pair::new(c.clone(), c.clone(), 200);
+            let (a, b) = p.connect(true, "smtp");
+            let total = 128 * (2 * usize::from(w) + 1);
+            assert_eq!(p.a.write(a, &pattern(total, 1)).unwrap(), total);
+            p.pump();
+            // The window is full and the reader has read nothing.
+            assert_eq!(p.a.stats(a).unwrap().packets_out, u64::from(w));
+            assert!(p.a.poll_packet(200, p.now).is_none());
+            // Some time later the reader reads k packets and a half.
+            p.advance(Duration::from_secs(3));
+            let mut buf = vec![0u8; 128 * k + 64];
+            assert_eq!(
+                p.b.read(b, &mut buf).unwrap(),
+                buf.len().min(128 * usize::from(w))
+            );
+            let read_at = p.now;
+            let rr = match p.b.poll_packet(200, p.now) {
+                Some(rr) => {
+                    assert!(k >= half, "W {w} k {k}: RR before the delay");
+                    rr
+                }
+                None => {
+                    assert!(k < half, "W {w} k {k}: half a window read, no RR");
+                    let t = p.b.poll_timeout().expect("delayed-ack timer");
+                    assert!(t <= read_at + delay, "W {w} k {k}");
+                    p.advance(t - p.now);
+                    p.b.poll_packet(200, p.now).expect("RR at the timer")
+                }
+            };
+            assert!(p.now <= read_at + delay);
+            assert!(kind(&rr).1, "an RR");
+            p.a.handle_packet(&rr, p.now);
+            // The sender's window opened by exactly what was read.
+            let mut sent = 0;
+            while let Some(d) = p.a.poll_packet(200, p.now) {
+                assert!(kind(&d).0);
+                sent += 1;
+            }
+            assert_eq!(sent, k, "W {w} k {k}");
+        }
+    }
+}
+
+/// `rounds` exchanges: A writes 30 bytes, B reads them, B's driver polls
+/// (as it does after every input), B answers with 30 bytes, A reads, A's
+/// driver polls. `late` puts `ack_delay` between B's read and its reply.
+fn request_response(c: PacketConfig, rounds: usize, late: bool) -> Pair {
+    let mut p = Pair::new(c.clone(), c, 128);
+    let (a, b) = p.connect(true, "smtp");
+    p.pump();
+    let (rr_a0, rr_b0) = (p.rr_a, p.rr_b);
+    p.rr_a = 0;
+    p.rr_b = 0;
+    assert_eq!((rr_a0, rr_b0), (0, 0));
+    let cmd = pattern(30, 1);
+    let reply = pattern(30, 2);
+    for _ in 0..rounds {
+        p.a.write(a, &cmd).unwrap();
+        p.step();
+        assert_eq!(read_all(&mut p.b, b), cmd);
+        p.step();
+        if late {
+            p.advance(p.b.config().ack_delay);
+            p.step();
+        }
+        p.b.write(b, &reply).unwrap();
+        p.step();
+        assert_eq!(read_all(&mut p.a, a), reply);
+        p.step();
+    }
+    p
+}
+
+#[test]
+fn request_response_acks_ride_on_the_reply() {
+    let rounds = 20;
+    let mut p = request_response(config(), rounds, false);
+    assert_eq!((p.rr_a, p.rr_b), (0, 0), "no standalone RR at all");
+    assert_eq!((p.data_a, p.data_b), (rounds, rounds));
+    // A's acknowledgement of the last reply goes out after ack_delay.
+    p.pump();
+    assert_eq!((p.rr_a, p.rr_b), (1, 0));
+    // Before: one RR per SMTP line each way.
+    let mut every = config();
+    every.ack_delay = Duration::ZERO;
+    let p = request_response(every, rounds, false);
+    assert_eq!((p.rr_a, p.rr_b), (rounds, rounds));
+    // A reply slower than ack_delay: B's RR goes out first.
+    let p = request_response(config(), rounds, true);
+    assert_eq!((p.rr_a, p.rr_b), (0, rounds));
+}
+
+#[test]
+fn orderly_clear_waits_at_most_ack_delay_for_the_peer_ack() {
+    let mut p = Pair::new(config(), config(), 128);
+    let (a, b) = p.connect(true, "smtp");
+    p.b.write(b, b"221 bye\r\n").unwrap();
+    p.b.clear(b, p.now);
+    p.step();
+    let t = p.now;
+    assert_eq!(read_all(&mut p.a, a), b"221 bye\r\n");
+    for _ in 0..10 {
+        p.step();
+    }
+    // A read it but has said nothing yet: no CLEAR so far.
+    assert_eq!(p.closed(false, b), None);
+    assert_eq!(p.a.poll_timeout(), Some(t + config().ack_delay));
+    p.pump();
+    assert_eq!(p.now, t + config().ack_delay);
+    assert_eq!(p.rr_a, 1);
+    assert_eq!(p.closed(false, b), Some(CloseReason::Local));
+    assert!(matches!(
+        p.closed(true, a),
+        Some(CloseReason::Cleared { .. })
+    ));
+    assert_eq!(p.a.poll_timeout(), None);
+    assert_eq!(p.b.poll_timeout(), None);
 }
