@@ -324,6 +324,13 @@ async fn bench(args: BenchArgs) -> Result<bool, String> {
             sb.lapb.i_frames_retransmitted
         );
         println!(
+            "I-frames       A sent {} ({} information bytes), B sent {} ({} information bytes)",
+            sa.lapb.i_frames_sent,
+            sa.lapb.info_bytes_sent,
+            sb.lapb.i_frames_sent,
+            sb.lapb.info_bytes_sent
+        );
+        println!(
             "frame errors   caught: {} at A, {} at B",
             sa.decode.dropped(),
             sb.decode.dropped()

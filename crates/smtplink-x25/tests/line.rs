@@ -111,7 +111,10 @@ async fn bit_error_rate_1e_4() {
     let flipped = handle.a_to_b().flipped_bits + handle.b_to_a().flipped_bits;
     assert!(flipped > 20, "{flipped} bits flipped");
     let stats = a.stats();
-    assert!(stats.decode.dropped() > 0, "A caught no bad frame: {stats:?}");
+    assert!(
+        stats.decode.dropped() > 0,
+        "A caught no bad frame: {stats:?}"
+    );
     assert!(stats.lapb.i_frames_retransmitted > 0);
 }
 
@@ -127,10 +130,7 @@ async fn dropped_bytes() {
 /// layer retransmits across the gap.
 #[tokio::test(start_paused = true)]
 async fn cut_and_recovery_mid_transfer() {
-    let config = SimConfig::default()
-        .seed(5)
-        .baud(9600)
-        .bursts(2e-5, 4000);
+    let config = SimConfig::default().seed(5).baud(9600).bursts(2e-5, 4000);
     let (handle, _) = four_streams(config, SIZE).await;
     let bursts = handle.a_to_b().bursts + handle.b_to_a().bursts;
     assert!(bursts >= 1, "no outage happened; pick another seed");
