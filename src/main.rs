@@ -202,6 +202,11 @@ fn parse_endpoint(url: &str) -> Result<Endpoint, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The benchmark's table is its output; session logs would drown it.
+    let default_level = match cli.command {
+        Commands::BenchLink(_) => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -210,7 +215,7 @@ fn main() -> ExitCode {
         .log_internal_errors(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
