@@ -164,6 +164,12 @@ enum QueueAction {
 }
 
 pub(crate) fn registry() -> Registry {
+    registry_with_x25().0
+}
+
+/// The registry, and its X.25 adapter (whose lines' figures `serve`
+/// publishes for `queue list`).
+pub(crate) fn registry_with_x25() -> (Registry, Arc<smtplink_x25::X25Transport>) {
     let tcp = Arc::new(smtplink_tcp::TcpTransport::new());
     let mem = Arc::new(smtplink_mem::MemTransport::new());
     // The X.25 adapter opens its lines raw: no serial line handshake (its
@@ -176,17 +182,46 @@ pub(crate) fn registry() -> Registry {
             )
             .with("mem", mem.clone()),
     ));
-    Registry::new()
+    let registry = Registry::new()
         // `smtp://` is what curl users type first; it is plain TCP.
         .with("smtp", tcp.clone())
         .with("tcp", tcp)
         .with("mem", mem)
         .with("x25+serial", x25.clone())
         .with("x25+tcp", x25.clone())
-        .with("x25+mem", x25)
+        .with("x25+mem", x25.clone())
         .with("serial", Arc::new(smtplink_serial::SerialTransport::new()))
         .with("stdio", Arc::new(smtplink_stdio::StdioTransport::new()))
-        .with("exec", Arc::new(smtplink_stdio::ExecTransport::new()))
+        .with("exec", Arc::new(smtplink_stdio::ExecTransport::new()));
+    (registry, x25)
+}
+
+/// The file in the spool where `serve` keeps its X.25 lines' figures for
+/// `smtplink queue list` (another process).
+pub(crate) const X25_FIGURES_FILE: &str = "x25-lines.txt";
+
+/// Every 10 s, writes one line per open X.25 line with its figures into
+/// `spool/x25-lines.txt` (tmp + rename, so a reader never sees half).
+async fn publish_x25_figures(x25: Arc<smtplink_x25::X25Transport>, spool: PathBuf) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        let lines = x25.lines();
+        if lines.is_empty() {
+            continue;
+        }
+        let mut text = String::new();
+        for line in lines {
+            let state = if line.is_ended() { "ended" } else { "up" };
+            text.push_str(&format!("{}  [{state}]  {}\n", line.label(), line.stats()));
+        }
+        let tmp = spool.join(format!(".{X25_FIGURES_FILE}.tmp"));
+        let target = spool.join(X25_FIGURES_FILE);
+        let written = tokio::fs::write(&tmp, text).await;
+        if let Err(e) = written.and(tokio::fs::rename(&tmp, &target).await) {
+            tracing::debug!(error = %e, "cannot publish the x25 line figures");
+        }
+    }
 }
 
 /// Parses an endpoint URL; a bare `host:port` gets a hint.
@@ -333,7 +368,7 @@ async fn serve(
         eprintln!("smtplink: maildir {}: {e}", cfg.maildir.display());
         return ExitCode::from(EX_CONFIG);
     }
-    let registry = registry();
+    let (registry, x25) = registry_with_x25();
     let mut listeners = Vec::new();
     for url in &cfg.listen {
         let endpoint = match parse_endpoint(url) {
@@ -402,6 +437,7 @@ async fn serve(
     if let Some(worker) = worker {
         info!(spool = %cfg.spool.display(), "relay queue active");
         tokio::spawn(worker.run(server.shutdown().graceful));
+        tokio::spawn(publish_x25_figures(x25, cfg.spool.clone()));
     }
     let shutdown = server.shutdown();
     let grace = cfg.shutdown_grace;

@@ -80,6 +80,13 @@ pub(crate) async fn run(
             if records.is_empty() {
                 out!("queue is empty");
             }
+            // Figures of the X.25 lines of a `serve` using this spool.
+            if let Ok(figures) = std::fs::read_to_string(cfg.spool.join(crate::X25_FIGURES_FILE)) {
+                out!("x25 lines (as of the last 10 s):");
+                for line in figures.lines() {
+                    out!("    {line}");
+                }
+            }
             for r in &records {
                 let sender = if r.sender.is_empty() { "<>" } else { &r.sender };
                 out!(

@@ -116,13 +116,28 @@ fn bad_rates_are_configuration_errors() {
 #[test]
 fn bench_link_reports_goodput_and_loses_nothing() {
     let out = smtplink()
-        .args(["bench-link", "--baud", "9600", "--ber", "1e-4", "--seed", "2"])
+        .args([
+            "bench-link",
+            "--baud",
+            "9600",
+            "--ber",
+            "1e-4",
+            "--seed",
+            "2",
+        ])
         .args(["--messages", "4", "--size", "3000", "--sessions", "2"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("4 sent, 4 intact, 0 corrupted, 0 missing"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("4 sent, 4 intact, 0 corrupted, 0 missing"),
+        "{stdout}"
+    );
     let last = stdout.lines().last().unwrap();
     let goodput: f64 = last.strip_prefix("goodput ").unwrap().parse().unwrap();
     assert!(goodput > 0.0 && goodput < 1.0, "{last}");
@@ -134,7 +149,16 @@ fn bench_link_reports_goodput_and_loses_nothing() {
 #[test]
 fn bench_link_raw_on_a_noisy_line_shows_the_damage() {
     let out = smtplink()
-        .args(["bench-link", "--raw", "--baud", "9600", "--ber", "1e-3", "--seed", "2"])
+        .args([
+            "bench-link",
+            "--raw",
+            "--baud",
+            "9600",
+            "--ber",
+            "1e-3",
+            "--seed",
+            "2",
+        ])
         .args(["--messages", "4", "--size", "3000"])
         .output()
         .unwrap();

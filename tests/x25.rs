@@ -436,6 +436,22 @@ fn two_serve_nodes_both_ways_over_x25_serial_on_a_pty_pair() {
         .filter(|l| l.contains("session opened") && l.contains("x25"))
         .count();
     assert!(circuits >= 2, "B saw {circuits} x25 sessions");
+    // `queue list` shows the line's figures that A's serve publishes.
+    wait_for("A's x25 line figures", Duration::from_secs(15), || {
+        a.spool().join("x25-lines.txt").exists()
+    });
+    let out = smtplink()
+        .args(["queue", "--spool"])
+        .arg(a.spool())
+        .arg("list")
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(listing.contains("x25 lines"), "{listing}");
+    assert!(
+        listing.contains("frames sent") && listing.contains("[up]"),
+        "{listing}"
+    );
     let _ = socat.kill();
     let _ = socat.wait();
 }

@@ -112,6 +112,24 @@ pub struct LineStats {
     pub circuits_opened: u64,
 }
 
+impl std::fmt::Display for LineStats {
+    /// One line of figures, for logs and `smtplink queue list`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "frames sent {} received {} retransmitted {} bad-check-dropped {} | bytes out {} in {} | circuits {} | frame size {}",
+            self.frames_sent,
+            self.frames_received,
+            self.lapb.i_frames_retransmitted,
+            self.decode.dropped(),
+            self.bytes_sent,
+            self.bytes_received,
+            self.circuits_opened,
+            self.lapb.info_size
+        )
+    }
+}
+
 /// A handle on one line; clones share it. The line's task stops when the
 /// stream ends or fails, or when every handle and circuit is gone.
 #[derive(Clone)]
@@ -603,7 +621,14 @@ impl Driver {
                 () = self.shared.wake.notified() => {}
             }
         };
-        tracing::info!(reason = %why, "x25 line ended");
+        {
+            let state = lock(&self.shared);
+            let mut stats = state.stats.clone();
+            if let Some(lapb) = &state.lapb {
+                stats.lapb = lapb.stats();
+            }
+            tracing::info!(reason = %why, figures = %stats, "x25 line ended");
+        }
         let shared = self.shared.clone();
         let mut state = lock(&shared);
         state.packets.link_lost(now());
