@@ -528,3 +528,47 @@ fn gen_cert_pair_is_usable_and_key_is_private() {
         assert_eq!(mode & 0o077, 0, "key mode {mode:o}");
     }
 }
+
+/// SIGHUP reloads the certificate: new sessions get the new one, and the
+/// server keeps running.
+#[test]
+fn sighup_reloads_the_certificate() {
+    let cert = gen_cert();
+    let mut server = serve_tls(&cert, &[]);
+    let msg = message_file(server.dir.path(), "reload");
+    let send = |pin: &str| {
+        smtplink()
+            .args(["send", "--server", &server.url()])
+            .args(["--tls", "required", "--tls-trust", pin])
+            .args(["--from", "a@example.org", "--to", "ivan@example.net"])
+            .arg(&msg)
+            .output()
+            .unwrap()
+    };
+    assert!(send(&cert.pin).status.success());
+    // A new pair in the same files, then SIGHUP.
+    let out = smtplink()
+        .args(["gen-cert", "localhost", "--cert"])
+        .arg(&cert.cert)
+        .arg("--key")
+        .arg(&cert.key)
+        .output()
+        .unwrap();
+    let new_pin = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let status = Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = server.log.recv_timeout(left).expect("no reload logged");
+        if line.contains("TLS certificate reloaded") {
+            break;
+        }
+    }
+    assert_eq!(send(&cert.pin).status.code(), Some(75));
+    assert!(send(&new_pin).status.success());
+    assert!(server.child.try_wait().unwrap().is_none());
+}
