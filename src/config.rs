@@ -28,6 +28,16 @@ pub struct ConfigFile {
     /// `[[route]]` tables, in order: first match wins.
     #[serde(default)]
     pub route: Vec<RouteEntry>,
+    #[serde(default)]
+    pub tls: Tls,
+}
+
+/// `[tls]`: the server's certificate chain and key, PEM files.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -56,6 +66,31 @@ pub struct RouteEntry {
     /// Say TURN after sending over this route (trusted point-to-point).
     #[serde(default)]
     pub turn: bool,
+    /// STARTTLS policy: none, opportunistic (default), required.
+    pub tls: Option<TlsPolicyName>,
+    /// Whom to trust: "system", "pem:PATH", "pin:sha256:HEX".
+    pub tls_trust: Option<String>,
+    /// The name the next hop's certificate must carry (default: the
+    /// endpoint's host, else the route's domain).
+    pub tls_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsPolicyName {
+    None,
+    Opportunistic,
+    Required,
+}
+
+impl From<TlsPolicyName> for smtplink_engine::TlsPolicy {
+    fn from(p: TlsPolicyName) -> Self {
+        match p {
+            TlsPolicyName::None => smtplink_engine::TlsPolicy::None,
+            TlsPolicyName::Opportunistic => smtplink_engine::TlsPolicy::Opportunistic,
+            TlsPolicyName::Required => smtplink_engine::TlsPolicy::Required,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -112,6 +147,9 @@ pub struct ServeConfig {
     pub connect_timeout: Duration,
     pub mx_port: u16,
     pub resolver: smtplink_relay::mx::ResolverChoice,
+    /// `[tls] cert` and `key`: both or neither.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 /// A configuration error, already phrased for the user.
@@ -221,8 +259,24 @@ impl ServeConfig {
                     if r.turn {
                         target.push_str(",turn");
                     }
-                    smtplink_relay::Route::parse(&format!("{}={target}", r.domain))
-                        .map_err(|e| ConfigError(format!("{origin}: [[route]] {}: {e}", r.domain)))
+                    let mut route = smtplink_relay::Route::parse(&format!("{}={target}", r.domain))
+                        .map_err(|e| {
+                            ConfigError(format!("{origin}: [[route]] {}: {e}", r.domain))
+                        })?;
+                    if let Some(policy) = r.tls {
+                        route.tls.policy = policy.into();
+                    }
+                    if let Some(trust) = &r.tls_trust {
+                        trust.parse::<smtplink_tls::Trust>().map_err(|e| {
+                            ConfigError(format!(
+                                "{origin}: [[route]] {}: key `route.tls_trust`: {e}",
+                                r.domain
+                            ))
+                        })?;
+                        route.tls.trust = Some(trust.clone());
+                    }
+                    route.tls.name = r.tls_name.clone();
+                    Ok(route)
                 })
                 .collect::<Result<_, _>>()?,
             retry: smtplink_relay::RetryPolicy {
@@ -238,6 +292,8 @@ impl ServeConfig {
             resolver: pick!(relay.resolver)
                 .parse()
                 .map_err(|e| ConfigError(format!("{origin}: `relay.resolver`: {e}")))?,
+            tls_cert: file.tls.cert.clone(),
+            tls_key: file.tls.key.clone(),
         };
         if config.mx_port == 0 {
             return Err(ConfigError(format!(
@@ -313,6 +369,19 @@ impl ServeConfig {
                     "`{key}` = {value} is below the minimum {min} ({why})"
                 )));
             }
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                return Err(ConfigError(
+                    "`tls.cert` is set but `tls.key` is not (--tls-key)".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError(
+                    "`tls.key` is set but `tls.cert` is not (--tls-cert)".into(),
+                ))
+            }
+            _ => {}
         }
         if smtplink_engine::Domain::parse(&self.hostname, false).is_err() {
             return Err(ConfigError(format!(

@@ -72,6 +72,13 @@ enum Commands {
         /// Only on trusted point-to-point links (see `default-config`).
         #[arg(long)]
         allow_turn: bool,
+        /// Certificate chain (PEM) for STARTTLS and tls+ listeners; needs
+        /// --tls-key. Overrides `[tls] cert`. SIGHUP reloads it.
+        #[arg(long, value_name = "FILE")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's private key (PEM). Overrides `[tls] key`.
+        #[arg(long, value_name = "FILE")]
+        tls_key: Option<PathBuf>,
     },
     /// Look at and act on the relay's queue (works while `serve` runs).
     Queue {
@@ -109,6 +116,33 @@ enum Commands {
         /// Message file (RFC 5322); stdin when absent. LF line endings are
         /// turned into CRLF; a bare CR is refused.
         file: Option<PathBuf>,
+        /// STARTTLS: none, opportunistic (when offered) or required (a
+        /// server without it gets nothing; exit 75). A tls+ server URL
+        /// uses implicit TLS instead.
+        #[arg(long, value_name = "POLICY", default_value = "opportunistic")]
+        tls: String,
+        /// Whom to trust: system, pem:FILE, pin:sha256:HEX or any
+        /// [default: any for opportunistic, system otherwise]
+        #[arg(long, value_name = "TRUST")]
+        tls_trust: Option<String>,
+        /// The name the server's certificate must carry [default: the
+        /// server URL's host, else localhost]
+        #[arg(long, value_name = "NAME")]
+        tls_name: Option<String>,
+    },
+    /// Write a self-signed certificate and key (PEM) for NAME (and more
+    /// names), for tests and small sites; prints its pin:sha256: trust.
+    GenCert {
+        /// DNS names or IP addresses the certificate is for; the first is
+        /// its subject.
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+        /// Where to write the certificate.
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
+        /// Where to write the private key (mode 0600).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
     },
     /// Print the built-in configuration (a starting point for --config).
     DefaultConfig,
@@ -272,8 +306,20 @@ fn main() -> ExitCode {
             route,
             spool,
             allow_turn,
+            tls_cert,
+            tls_key,
         } => runtime.block_on(serve(
-            listen, maildir, hostname, config, route, spool, allow_turn,
+            ServeArgs {
+                listen,
+                maildir,
+                hostname,
+                routes: route,
+                spool,
+                allow_turn,
+                tls_cert,
+                tls_key,
+            },
+            config,
         )),
         Commands::Queue {
             spool,
@@ -287,7 +333,33 @@ fn main() -> ExitCode {
             to,
             helo,
             file,
-        } => runtime.block_on(send(server, from, to, helo, file)),
+            tls,
+            tls_trust,
+            tls_name,
+        } => runtime.block_on(send(
+            server,
+            from,
+            to,
+            helo,
+            file,
+            SendTls {
+                policy: tls,
+                trust: tls_trust,
+                name: tls_name,
+            },
+        )),
+        Commands::GenCert { names, cert, key } => {
+            match smtplink_tls::write_self_signed(&names, &cert, &key) {
+                Ok(pin) => {
+                    println!("{pin}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("smtplink: gen-cert: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Commands::BenchLink(args) => bench_link::run(args),
         Commands::Linksim {
             a,
@@ -331,15 +403,29 @@ pub(crate) fn load_config(
     Ok(cfg)
 }
 
-async fn serve(
+/// `serve`'s command-line settings (they override the config file).
+struct ServeArgs {
     listen: Vec<String>,
     maildir: Option<PathBuf>,
     hostname: Option<String>,
-    config_path: Option<PathBuf>,
     routes: Vec<String>,
     spool: Option<PathBuf>,
     allow_turn: bool,
-) -> ExitCode {
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+}
+
+async fn serve(args: ServeArgs, config_path: Option<PathBuf>) -> ExitCode {
+    let ServeArgs {
+        listen,
+        maildir,
+        hostname,
+        routes,
+        spool,
+        allow_turn,
+        tls_cert,
+        tls_key,
+    } = args;
     // Before anything can say "listening": a Ctrl-C from then on drains.
     let mut signals = StopSignals::register();
     let mut cfg = match load_config(config_path.as_deref(), &routes, spool) {
@@ -359,10 +445,26 @@ async fn serve(
         cfg.hostname = h;
     }
     cfg.allow_turn |= allow_turn;
+    if tls_cert.is_some() {
+        cfg.tls_cert = tls_cert;
+    }
+    if tls_key.is_some() {
+        cfg.tls_key = tls_key;
+    }
     if let Err(e) = cfg.check() {
         eprintln!("smtplink: {e}");
         return ExitCode::from(EX_CONFIG);
     }
+    let server_tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(cert), Some(key)) => match smtplink_tls::ServerTls::load(cert, key) {
+            Ok(tls) => Some(tls),
+            Err(e) => {
+                eprintln!("smtplink: tls: {e}");
+                return ExitCode::from(EX_CONFIG);
+            }
+        },
+        _ => None,
+    };
     // Fail now, not at the first message, when the Maildir root is unusable.
     if let Err(e) = std::fs::create_dir_all(&cfg.maildir) {
         eprintln!("smtplink: maildir {}: {e}", cfg.maildir.display());
@@ -378,9 +480,14 @@ async fn serve(
                 return ExitCode::from(EX_CONFIG);
             }
         };
-        match registry.listen(&endpoint).await {
+        match smtplink_tls::listen(&registry, &endpoint, server_tls.clone()).await {
             Ok(l) => {
-                info!(endpoint = %l.local_endpoint(), maildir = %cfg.maildir.display(), "listening");
+                info!(
+                    endpoint = %l.local_endpoint(),
+                    maildir = %cfg.maildir.display(),
+                    starttls = server_tls.is_some(),
+                    "listening"
+                );
                 listeners.push(l);
             }
             Err(e) => {
@@ -417,8 +524,14 @@ async fn serve(
         data_timeout: cfg.data_timeout,
         max_sessions: cfg.sessions,
         max_sessions_per_peer: cfg.sessions_per_peer,
+        tls: server_tls
+            .clone()
+            .map(|t| t as Arc<dyn smtplink_transport::TlsAccept>),
         ..ServerSettings::default()
     };
+    if let Some(tls) = server_tls {
+        spawn_reload_on_hangup(tls);
+    }
     let settings = Arc::new(settings);
     // The worker receives the other side's mail after TURN with the same
     // server setup; the server's backend sends held mail after TURN with
@@ -471,6 +584,28 @@ async fn serve(
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// SIGHUP reloads the certificate and key: new handshakes use the new
+/// pair, sessions in flight keep theirs. A broken file keeps the old pair.
+fn spawn_reload_on_hangup(tls: Arc<smtplink_tls::ServerTls>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+            warn!("cannot watch SIGHUP; the certificate will not be reloaded");
+            return;
+        };
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                if let Err(e) = tls.reload() {
+                    warn!(error = %e, "TLS reload failed; keeping the old certificate");
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = tls;
 }
 
 /// SIGINT (Ctrl-C) and SIGTERM, registered when this is made: a signal
@@ -574,12 +709,64 @@ fn lf_to_crlf(input: &[u8]) -> Vec<u8> {
     out
 }
 
+/// `send`'s TLS flags.
+struct SendTls {
+    policy: String,
+    trust: Option<String>,
+    name: Option<String>,
+}
+
+impl SendTls {
+    /// The policy, and a connector unless TLS is off.
+    fn resolve(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<
+        (
+            smtplink_engine::TlsPolicy,
+            Option<Arc<dyn smtplink_transport::TlsConnect>>,
+        ),
+        String,
+    > {
+        use smtplink_engine::TlsPolicy;
+        let policy = match self.policy.as_str() {
+            "none" => TlsPolicy::None,
+            "opportunistic" => TlsPolicy::Opportunistic,
+            "required" => TlsPolicy::Required,
+            other => {
+                return Err(format!(
+                    "--tls {other}: expected none, opportunistic or required"
+                ))
+            }
+        };
+        let implicit = smtplink_tls::implicit_inner(endpoint)
+            .map_err(|e| e.to_string())?
+            .is_some();
+        if policy == TlsPolicy::None && !implicit {
+            return Ok((policy, None));
+        }
+        let trust = match &self.trust {
+            Some(t) => t.parse().map_err(|e| format!("--tls-trust: {e}"))?,
+            None if policy == TlsPolicy::Opportunistic && !implicit => smtplink_tls::Trust::Any,
+            None => smtplink_tls::Trust::System,
+        };
+        let name = self
+            .name
+            .clone()
+            .unwrap_or_else(|| smtplink_tls::server_name_for(endpoint, "localhost"));
+        let client = smtplink_tls::ClientTls::new(&trust).map_err(|e| e.to_string())?;
+        let connector = client.connector(&name).map_err(|e| e.to_string())?;
+        Ok((policy, Some(connector)))
+    }
+}
+
 async fn send(
     server: String,
     from: String,
     to: Vec<String>,
     helo: Option<String>,
     file: Option<PathBuf>,
+    tls: SendTls,
 ) -> ExitCode {
     let raw = match &file {
         Some(path) => std::fs::read(path).map_err(|e| format!("{}: {e}", path.display())),
@@ -620,11 +807,20 @@ async fn send(
     };
     let hello_name =
         helo.unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
+    let (policy, connector) = match tls.resolve(&endpoint) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("smtplink: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let settings = ClientSettings {
         engine: ClientConfig {
             hello_name,
+            tls: policy,
             ..ClientConfig::default()
         },
+        tls: connector.clone(),
         ..ClientSettings::default()
     };
     let fail = |e: &dyn std::fmt::Display, transient: bool| {
@@ -635,7 +831,7 @@ async fn send(
             ExitCode::FAILURE
         }
     };
-    let link = match registry().connect(&endpoint).await {
+    let link = match smtplink_tls::connect(&registry(), &endpoint, connector.as_deref()).await {
         Ok(l) => l,
         Err(e) => return fail(&e, e.is_transient()),
     };

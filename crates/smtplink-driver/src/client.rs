@@ -1,12 +1,13 @@
 //! The client driver: runs a [`ClientSession`] over a [`Link`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use smtplink_engine::{
     Capabilities, ClientConfig, ClientError, ClientEvent, ClientSession, ClientTimeout, Envelope,
-    TransactionReport,
+    TlsInfo, TlsPolicy, TransactionReport,
 };
-use smtplink_transport::Link;
+use smtplink_transport::{Link, LinkInfo, TlsConnect, TransportError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info_span, Instrument, Span};
 
@@ -61,6 +62,11 @@ pub struct ClientSettings {
     pub engine: ClientConfig,
     /// Timers.
     pub timeouts: ClientTimeouts,
+    /// The client side of TLS (trust roots or a pin, and the name to
+    /// check), used when the engine's [`ClientConfig::tls`] policy starts
+    /// STARTTLS. Without it the policy is treated as
+    /// [`TlsPolicy::None`], except that [`TlsPolicy::Required`] fails.
+    pub tls: Option<Arc<dyn TlsConnect>>,
 }
 
 /// Bytes written to the link per call while sending a body, so the
@@ -89,6 +95,23 @@ impl SmtpClient {
     /// Reads the greeting and does EHLO (or HELO); returns once messages
     /// can be sent.
     pub async fn handshake(link: Link, settings: ClientSettings) -> Result<Self, DriverError> {
+        let mut engine = settings.engine.clone();
+        if settings.tls.is_none() && link.info().tls.is_none() {
+            match engine.tls {
+                TlsPolicy::Required => {
+                    return Err(DriverError::Tls(TransportError::tls(
+                        link.info().peer.clone(),
+                        "TLS required but no TLS client is configured",
+                    )))
+                }
+                _ => engine.tls = TlsPolicy::None,
+            }
+        }
+        let mut session = ClientSession::new(engine);
+        if let Some(tls) = &link.info().tls {
+            // Implicit TLS (RFC 8314): encrypted before the greeting.
+            session.handle_tls_established(TlsInfo::new(tls.version.clone(), tls.cipher.clone()));
+        }
         let span = info_span!(
             "session",
             role = "client",
@@ -97,7 +120,7 @@ impl SmtpClient {
         );
         let mut client = Self {
             link,
-            session: ClientSession::new(settings.engine.clone()),
+            session,
             settings,
             buf: vec![0u8; 16 * 1024],
             span,
@@ -106,9 +129,50 @@ impl SmtpClient {
         Ok(client)
     }
 
-    /// What the server offered.
+    /// What the server offered (after STARTTLS: what it offered inside TLS).
     pub fn capabilities(&self) -> &Capabilities {
         self.session.capabilities()
+    }
+
+    /// The TLS session, when the link is encrypted.
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        self.session.tls()
+    }
+
+    /// What is known about the link (after STARTTLS, the encrypted one).
+    pub fn link_info(&self) -> &LinkInfo {
+        self.link.info()
+    }
+
+    /// Runs the client TLS handshake after the server's 220 to STARTTLS.
+    async fn start_tls(&mut self) -> Result<(), DriverError> {
+        let Some(connector) = self.settings.tls.clone() else {
+            return Err(DriverError::Tls(TransportError::tls(
+                self.link.info().peer.clone(),
+                "STARTTLS without a TLS client configuration",
+            )));
+        };
+        let placeholder = Link::new(tokio::io::duplex(1).0, self.link.info().clone());
+        let link = std::mem::replace(&mut self.link, placeholder);
+        let timeout = self.settings.timeouts.mail * link.info().timeout_scale.max(1);
+        let link = match tokio::time::timeout(timeout, connector.connect(link)).await {
+            Ok(Ok(link)) => link,
+            Ok(Err(e)) => {
+                debug!(error = %e, "TLS handshake failed");
+                return Err(DriverError::Tls(e));
+            }
+            Err(_) => return Err(DriverError::Timeout(timeout)),
+        };
+        let info = link
+            .info()
+            .tls
+            .as_ref()
+            .map(|t| TlsInfo::new(t.version.clone(), t.cipher.clone()))
+            .unwrap_or_default();
+        debug!(version = %info.version, cipher = %info.cipher, "TLS started");
+        self.link = link;
+        self.session.handle_tls_established(info);
+        Ok(())
     }
 
     /// Sends one message; `body` must use CRLF line endings.
@@ -200,6 +264,10 @@ impl SmtpClient {
             })?;
         }
         if let Some(event) = self.session.poll_event() {
+            if event == ClientEvent::StartTls {
+                self.start_tls().await?;
+                return Ok(None);
+            }
             if let (ClientEvent::Closed, Some(e)) = (&event, self.session.error()) {
                 return Err(DriverError::Client(e.clone()));
             }

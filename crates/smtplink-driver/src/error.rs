@@ -31,6 +31,10 @@ pub enum DriverError {
     /// The message could not be sent as it is (nothing was sent).
     #[error(transparent)]
     Send(#[from] SendError),
+    /// A TLS handshake failed, or TLS was needed and not configured. The
+    /// link is unusable; transient (retry later), never a plaintext fallback.
+    #[error("{0}")]
+    Tls(TransportError),
     /// The backend refused the session before the greeting.
     #[error("session refused: {0}")]
     Refused(Reply),
@@ -42,6 +46,7 @@ impl DriverError {
         match self {
             DriverError::Io { .. } | DriverError::Timeout(_) => true,
             DriverError::Transport(e) => e.is_transient(),
+            DriverError::Tls(_) => true,
             DriverError::Client(e) => e.is_transient(),
             DriverError::Send(_) => false,
             DriverError::Refused(r) => !r.is_permanent(),

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smtplink_engine::{
-    CloseReason, Reply, ServerConfig, ServerEvent, ServerSession, ServerTimeout,
+    CloseReason, Reply, ServerConfig, ServerEvent, ServerSession, ServerTimeout, TlsInfo,
 };
-use smtplink_transport::{Link, Listener, TransportError};
+use smtplink_transport::{Link, Listener, TlsAccept, TlsSessionInfo, TransportError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +37,10 @@ pub struct ServerSettings {
     /// Most sessions at once from one peer address, so one client cannot
     /// take every slot.
     pub max_sessions_per_peer: usize,
+    /// The server side of TLS (a certificate). With it, STARTTLS
+    /// (RFC 3207) is offered on every link that can carry TLS and is not
+    /// encrypted already; without it, STARTTLS is not offered.
+    pub tls: Option<Arc<dyn TlsAccept>>,
 }
 
 impl Default for ServerSettings {
@@ -48,6 +52,7 @@ impl Default for ServerSettings {
             read_buffer: 64 * 1024,
             max_sessions: 200,
             max_sessions_per_peer: 20,
+            tls: None,
         }
     }
 }
@@ -135,7 +140,7 @@ async fn run_session(
         helo: String::new(),
         esmtp: false,
     };
-    info!("session opened");
+    info!(tls = link.info().tls.is_some(), "session opened");
     let mut handler = match backend.open(&info).await {
         Ok(h) => h,
         Err(reply) => {
@@ -145,7 +150,13 @@ async fn run_session(
             return Err(DriverError::Refused(reply));
         }
     };
-    let mut session = ServerSession::new(settings.engine.clone());
+    let mut engine = settings.engine.clone();
+    engine.starttls = settings.tls.is_some() && link.info().can_upgrade_tls;
+    let mut session = ServerSession::new(engine);
+    if let Some(tls) = &link.info().tls {
+        // Implicit TLS (RFC 8314): encrypted from the first byte.
+        session.handle_tls_established(engine_tls_info(tls));
+    }
     let mut state = DriveState {
         messages: 0,
         close: None,
@@ -177,6 +188,38 @@ async fn run_session(
                     })
                 }
                 Err(_) => break Err(DriverError::Timeout(settings.command_timeout)),
+            }
+        }
+        if session.wants_tls_upgrade() {
+            // The 220 to STARTTLS is flushed; nothing the client sent after
+            // STARTTLS has been read into the session.
+            let Some(acceptor) = settings.tls.clone() else {
+                break Err(DriverError::Tls(TransportError::tls(
+                    info.link.peer.clone(),
+                    "STARTTLS accepted without a TLS configuration",
+                )));
+            };
+            let handshake = settings.command_timeout * scale;
+            match tokio::time::timeout(handshake, acceptor.accept(link)).await {
+                Ok(Ok(upgraded)) => {
+                    link = upgraded;
+                    info.link = link.info().clone();
+                    info.helo.clear();
+                    info.esmtp = false;
+                    if let Some(tls) = &link.info().tls {
+                        info!(version = %tls.version, cipher = %tls.cipher, "TLS started");
+                        session.handle_tls_established(engine_tls_info(tls));
+                    }
+                    command_started = tokio::time::Instant::now();
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    // The link is in an unknown state: drop it (no reply
+                    // can be sent in plaintext or in TLS).
+                    warn!(error = %e, "TLS handshake failed");
+                    return Err(DriverError::Tls(e));
+                }
+                Err(_) => return Err(DriverError::Timeout(handshake)),
             }
         }
         if session.is_closed() {
@@ -243,6 +286,10 @@ async fn run_session(
         messages: state.messages,
         close: state.close,
     })
+}
+
+fn engine_tls_info(tls: &TlsSessionInfo) -> TlsInfo {
+    TlsInfo::new(tls.version.clone(), tls.cipher.clone())
 }
 
 struct DriveState {
@@ -319,6 +366,12 @@ async fn handle_events(
                         "TURN is not allowed on this link",
                     )))
                 }
+            }
+            ServerEvent::StartTls => {
+                // A transaction cannot be open (the engine refuses
+                // STARTTLS inside one); the handshake follows the flush.
+                debug!("STARTTLS accepted");
+                None
             }
             ServerEvent::Closed { reason } => {
                 debug!(?reason, "engine closed the session");

@@ -110,6 +110,7 @@ fn client_settings() -> ClientSettings {
         engine: ClientConfig {
             hello_name: "client.test".into(),
             pipelining: true,
+            tls: smtplink_engine::TlsPolicy::None,
         },
         ..ClientSettings::default()
     }

@@ -6,7 +6,16 @@
 //!                        v               |  +------------------------------+
 //!                      [HELO] --250------+          report per recipient
 //!  [ready] --quit()--> [QUIT] --221--> [closed]
+//!
+//!  [EHLO] --250 with STARTTLS--> [STARTTLS] --220--> [upgrading]
+//!      --handle_tls_established--> [EHLO] (again, encrypted)
 //! ```
+//!
+//! STARTTLS (RFC 3207) follows [`ClientConfig::tls`]: with
+//! [`TlsPolicy::Opportunistic`] (the default) it is used when offered; with
+//! [`TlsPolicy::Required`] a server that does not offer it, or refuses it,
+//! gets only QUIT and the session fails with the transient
+//! [`ClientError::TlsRequired`], before any envelope or message is sent.
 //!
 //! With PIPELINING the client sends MAIL, every RCPT and DATA in one batch
 //! (RFC 2920); otherwise it waits for each reply. It never sends a parameter
@@ -26,6 +35,7 @@ use crate::data::dot_stuff;
 use crate::error::{AddressError, ApiMisuse, MessageError, ReplyError};
 use crate::params::{Body, MailParams, RcptParams};
 use crate::reply::{Reply, ReplyCode, ReplyParser};
+use crate::tls::{TlsInfo, TlsPolicy};
 
 /// Longest message line the client sends, CRLF included (RFC 5322 2.1.1:
 /// 998 characters plus CRLF).
@@ -38,6 +48,9 @@ pub struct ClientConfig {
     pub hello_name: String,
     /// Use PIPELINING when the server offers it.
     pub pipelining: bool,
+    /// When to start TLS with STARTTLS. The driver must be able to run a
+    /// TLS handshake unless this is [`TlsPolicy::None`].
+    pub tls: TlsPolicy,
 }
 
 impl Default for ClientConfig {
@@ -45,6 +58,7 @@ impl Default for ClientConfig {
         Self {
             hello_name: "localhost".into(),
             pipelining: true,
+            tls: TlsPolicy::default(),
         }
     }
 }
@@ -66,6 +80,8 @@ pub struct Capabilities {
     pub enhanced_status_codes: bool,
     /// DSN (RFC 3461).
     pub dsn: bool,
+    /// STARTTLS (RFC 3207).
+    pub starttls: bool,
     /// Every keyword line as offered (upper-cased keyword, then its arguments).
     pub raw: Vec<String>,
 }
@@ -91,6 +107,7 @@ impl Capabilities {
                 "SMTPUTF8" => caps.smtputf8 = true,
                 "ENHANCEDSTATUSCODES" => caps.enhanced_status_codes = true,
                 "DSN" => caps.dsn = true,
+                "STARTTLS" => caps.starttls = true,
                 _ => {}
             }
             caps.raw.push(line.trim().to_string());
@@ -252,6 +269,12 @@ pub enum ClientEvent {
     Sent(TransactionReport),
     /// The session is over (QUIT answered, or a fatal error).
     Closed,
+    /// The server said 220 to STARTTLS. **Action** for the driver: flush
+    /// the output, run the TLS handshake (as the client) on the link, then
+    /// call [`ClientSession::handle_tls_established`]. If the handshake
+    /// fails, the link is unusable: drop it. Bytes the server sent after
+    /// its 220 have been thrown away.
+    StartTls,
     /// The answer to [`ClientSession::turn`]: `Ok` means the server said
     /// 250 and the roles have swapped (this client session is over; run a
     /// server session on the same link), `Err` carries the refusal.
@@ -279,6 +302,14 @@ pub enum ClientError {
     /// The driver reported a timeout.
     #[error("timed out waiting for the server ({0:?})")]
     Timeout(ClientTimeout),
+    /// TLS is required ([`TlsPolicy::Required`]) but the server does not
+    /// offer STARTTLS or refused it. Nothing but EHLO and QUIT was sent.
+    /// Transient: the server may offer it later.
+    #[error("TLS required but not available: {reason}")]
+    TlsRequired {
+        /// Why, for logs and bounces.
+        reason: String,
+    },
 }
 
 impl ClientError {
@@ -319,6 +350,7 @@ enum Expect {
     Rset,
     Quit,
     Turn,
+    StartTls,
 }
 
 #[derive(Debug)]
@@ -382,6 +414,9 @@ pub struct ClientSession {
     txn: Option<Transaction>,
     error: Option<ClientError>,
     closed: bool,
+    /// The 220 to STARTTLS came; waiting for the driver's handshake.
+    upgrading: bool,
+    tls: Option<TlsInfo>,
 }
 
 impl ClientSession {
@@ -398,7 +433,37 @@ impl ClientSession {
             txn: None,
             error: None,
             closed: false,
+            upgrading: false,
+            tls: None,
         }
+    }
+
+    /// The driver finished the TLS handshake after [`ClientEvent::StartTls`]
+    /// (or, for implicit TLS, before the greeting: then call it right after
+    /// [`new`](Self::new)). After STARTTLS the client forgets what the
+    /// server offered and says EHLO again (RFC 3207 4.2).
+    pub fn handle_tls_established(&mut self, info: TlsInfo) {
+        if self.closed {
+            return;
+        }
+        debug!(version = %info.version, cipher = %info.cipher, "TLS established");
+        self.tls = Some(info);
+        self.parser = ReplyParser::new();
+        if std::mem::take(&mut self.upgrading) {
+            self.capabilities = Capabilities::default();
+            let name = self.config.hello_name.clone();
+            self.command(&Command::Ehlo(name), Expect::Ehlo);
+        }
+    }
+
+    /// The TLS session, once established; `None` in plaintext.
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        self.tls.as_ref()
+    }
+
+    /// Whether the session waits for the driver's TLS handshake.
+    pub fn wants_tls_upgrade(&self) -> bool {
+        self.upgrading
     }
 
     /// What the server offered (valid once [`ClientEvent::Ready`] came).
@@ -438,6 +503,7 @@ impl ClientSession {
     pub fn timeout_kind(&self) -> Option<ClientTimeout> {
         Some(match self.expect.front()? {
             Expect::Greeting => ClientTimeout::Greeting,
+            Expect::StartTls => ClientTimeout::Mail,
             Expect::Rcpt(_) => ClientTimeout::Rcpt,
             Expect::Data => ClientTimeout::DataInit,
             Expect::DataEnd => ClientTimeout::DataTermination,
@@ -571,6 +637,10 @@ impl ClientSession {
         if self.closed {
             return;
         }
+        if self.upgrading {
+            debug!(bytes = data.len(), "discarding plaintext while TLS starts");
+            return;
+        }
         self.parser.push(data);
         loop {
             match self.parser.next_reply() {
@@ -580,6 +650,37 @@ impl ClientSession {
             }
             if self.closed {
                 return;
+            }
+            if self.upgrading {
+                // Whatever the server sent after its 220 to STARTTLS came
+                // in plaintext and must not be read as if it came through
+                // TLS (CVE-2011-0411, the client side).
+                let extra = self.parser.buffered();
+                if extra > 0 {
+                    debug!(bytes = extra, "discarding plaintext after 220 to STARTTLS");
+                }
+                self.parser = ReplyParser::new();
+                return;
+            }
+        }
+    }
+
+    /// TLS is required but not to be had: QUIT, and fail transiently.
+    fn tls_unavailable(&mut self, reason: String) {
+        self.output
+            .extend_from_slice(Command::Quit.to_line().as_bytes());
+        self.fail(ClientError::TlsRequired { reason }, None);
+    }
+
+    /// After a successful EHLO: STARTTLS if wanted and possible, else ready.
+    fn after_ehlo(&mut self) {
+        let offered = self.capabilities.starttls;
+        match (self.config.tls, self.tls.is_some(), offered) {
+            (TlsPolicy::None, _, _) | (_, true, _) => self.become_ready(),
+            (_, false, true) => self.command(&Command::StartTls, Expect::StartTls),
+            (TlsPolicy::Opportunistic, false, false) => self.become_ready(),
+            (TlsPolicy::Required, false, false) => {
+                self.tls_unavailable("server does not offer STARTTLS".into())
             }
         }
     }
@@ -651,7 +752,7 @@ impl ClientSession {
                     self.capabilities = Capabilities::from_ehlo(&reply);
                     self.parser
                         .set_parse_enhanced(self.capabilities.enhanced_status_codes);
-                    self.become_ready();
+                    self.after_ehlo();
                 } else if reply.is_permanent() {
                     // RFC 5321 3.2: a server that does not know EHLO gets HELO.
                     let name = self.config.hello_name.clone();
@@ -669,7 +770,7 @@ impl ClientSession {
             Expect::Helo => {
                 if reply.is_positive() {
                     self.capabilities = Capabilities::default();
-                    self.become_ready();
+                    self.after_ehlo();
                 } else {
                     self.fail(
                         ClientError::Refused {
@@ -695,6 +796,18 @@ impl ClientSession {
             }
             Expect::Rset => self.finish_transaction(),
             Expect::Quit => self.close(),
+            Expect::StartTls => {
+                if reply.code() == ReplyCode::SERVICE_READY {
+                    self.upgrading = true;
+                    self.events.push_back(ClientEvent::StartTls);
+                } else if self.config.tls == TlsPolicy::Required {
+                    self.tls_unavailable(format!("server refused STARTTLS: {reply}"));
+                } else {
+                    // RFC 3207 4.1: the client may go on without TLS.
+                    debug!(%reply, "STARTTLS refused; going on in plaintext");
+                    self.become_ready();
+                }
+            }
             Expect::Turn => {
                 if reply.code() == ReplyCode::OK {
                     // This side is a server now; the client session ends

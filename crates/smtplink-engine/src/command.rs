@@ -48,6 +48,8 @@ pub enum Command {
     Help(Option<String>),
     /// `TURN` (RFC 821 4.1.1): swap the client and server roles.
     Turn,
+    /// `STARTTLS` (RFC 3207): start TLS on the link.
+    StartTls,
 }
 
 /// What the parser needs to know about the session to judge a command.
@@ -150,6 +152,7 @@ impl Command {
             Command::Expn(_) => "EXPN",
             Command::Help(_) => "HELP",
             Command::Turn => "TURN",
+            Command::StartTls => "STARTTLS",
         }
     }
 
@@ -196,14 +199,16 @@ impl Command {
             }
             "MAIL" => parse_mail(rest.unwrap_or(""), opts),
             "RCPT" => parse_rcpt(rest.unwrap_or(""), opts),
-            "DATA" | "RSET" | "QUIT" | "TURN" => {
+            "DATA" | "RSET" | "QUIT" | "TURN" | "STARTTLS" => {
                 if arg.is_some() {
+                    // RFC 3207 4: STARTTLS with a parameter is 501.
                     return Err(CommandError::Syntax("No arguments allowed"));
                 }
                 Ok(match verb.as_str() {
                     "DATA" => Command::Data,
                     "RSET" => Command::Rset,
                     "TURN" => Command::Turn,
+                    "STARTTLS" => Command::StartTls,
                     _ => Command::Quit,
                 })
             }
@@ -246,6 +251,7 @@ impl Command {
             | Command::Noop
             | Command::Quit
             | Command::Turn
+            | Command::StartTls
             | Command::Help(None) => {}
         }
         s.push_str("\r\n");

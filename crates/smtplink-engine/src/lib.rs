@@ -19,6 +19,14 @@
 //! - A bad command from the peer earns an SMTP reply, never a Rust error.
 //!   Errors are reserved for API misuse and for a peer that is not speaking
 //!   SMTP at all; those end the session and stay set.
+//! - STARTTLS (RFC 3207) is an event for the driver: the server's
+//!   [`ServerEvent::StartTls`] and the client's [`ClientEvent::StartTls`].
+//!   The driver flushes the output, runs the TLS handshake on the link and
+//!   calls `handle_tls_established` with a [`TlsInfo`]; the session is then
+//!   back in its pre-EHLO state. Bytes that arrived after the STARTTLS
+//!   command (server) or after its 220 reply (client) were received in
+//!   plaintext and are thrown away, never read as if they came through TLS
+//!   (CVE-2011-0411).
 
 pub mod address;
 pub mod client;
@@ -28,6 +36,7 @@ pub mod error;
 pub mod params;
 pub mod reply;
 pub mod server;
+pub mod tls;
 
 pub use address::{Domain, ForwardPath, Mailbox, ReversePath};
 pub use client::{
@@ -40,3 +49,4 @@ pub use error::{AddressError, ApiMisuse, MessageError, ReplyError};
 pub use params::{Body, MailParams, Notify, RcptParams, Ret};
 pub use reply::{EnhancedCode, Reply, ReplyCode, ReplyParser, Severity};
 pub use server::{CloseReason, ServerConfig, ServerEvent, ServerSession, ServerTimeout};
+pub use tls::{TlsInfo, TlsPolicy};

@@ -11,6 +11,9 @@
 //!   |                                [ in transaction ] --DATA 354--> [ data ]
 //!   |
 //!   +-- any state: QUIT, too many errors, timeout --> [ closed ]
+//!
+//!   [ no HELO ] or [ greeted ] --STARTTLS 220--> [ upgrading ]
+//!       --handle_tls_established--> [ no HELO ] (encrypted; no STARTTLS again)
 //! ```
 //!
 //! Decisions the application owns (accept this sender? this recipient? is
@@ -33,6 +36,7 @@ use crate::data::{
 use crate::error::ApiMisuse;
 use crate::params::{Body, MailParams, RcptParams};
 use crate::reply::{EnhancedCode, Reply, ReplyCode};
+use crate::tls::TlsInfo;
 
 /// Settings of a server session. Every limit has a default from the RFCs.
 #[derive(Debug, Clone)]
@@ -63,6 +67,10 @@ pub struct ServerConfig {
     /// Offer DSN (RFC 3461). Only an application that can send delivery
     /// status notifications should (the relay does; Maildir-only does not).
     pub dsn: bool,
+    /// Offer STARTTLS (RFC 3207). The driver sets it only when it has a
+    /// certificate and the link can carry TLS; it is never offered once
+    /// the session is encrypted.
+    pub starttls: bool,
 }
 
 /// Extra octets allowed on MAIL and RCPT lines for ESMTP parameters.
@@ -109,6 +117,7 @@ impl Default for ServerConfig {
             eightbitmime: true,
             pipelining: true,
             dsn: false,
+            starttls: false,
         }
     }
 }
@@ -160,6 +169,13 @@ pub enum ServerEvent {
     /// session on the same link (the engine's session ends with the 250);
     /// reject (502) everywhere else.
     Turn,
+    /// STARTTLS was accepted and its 220 is queued. **Action** for the
+    /// driver: flush the output, run the TLS handshake (as the server) on
+    /// the link, then call [`ServerSession::handle_tls_established`]; if
+    /// the handshake fails, close the link. Input that arrived after the
+    /// command has been thrown away (RFC 3207 / CVE-2011-0411), and input
+    /// given to the session before the call is ignored.
+    StartTls,
     /// The session is over; flush the remaining output and close the link.
     /// A message whose [`ServerEvent::DataEnd`] has not come is incomplete
     /// and must be dropped.
@@ -213,6 +229,8 @@ struct Transaction {
 enum Phase {
     Command,
     Data,
+    /// The 220 to STARTTLS is out; waiting for the driver's handshake.
+    Upgrading,
     Closed,
 }
 
@@ -240,6 +258,10 @@ pub struct ServerSession {
     /// The last MAIL was refused. A pipelining client has already sent its
     /// RCPTs and DATA (RFC 2920); their 503s are expected, not errors.
     mail_refused: bool,
+    /// Whether (and how) the session is encrypted: set by
+    /// [`ServerSession::handle_tls_established`]. Other rules (AUTH over
+    /// plaintext, the `Received:` protocol name) read it.
+    tls: Option<TlsInfo>,
 }
 
 impl ServerSession {
@@ -264,6 +286,7 @@ impl ServerSession {
             errors: 0,
             discarding_long_line: false,
             mail_refused: false,
+            tls: None,
         };
         s.send(&greeting);
         s
@@ -283,6 +306,11 @@ impl ServerSession {
         if self.phase == Phase::Closed {
             return;
         }
+        if self.phase == Phase::Upgrading {
+            // Plaintext after STARTTLS: never executed (CVE-2011-0411).
+            debug!(bytes = data.len(), "discarding input while TLS starts");
+            return;
+        }
         self.input.extend_from_slice(data);
         self.process();
     }
@@ -300,6 +328,44 @@ impl ServerSession {
                 CloseReason::Timeout,
             );
         }
+    }
+
+    /// The driver finished the TLS handshake: the session is encrypted and
+    /// starts over in its pre-EHLO state (RFC 3207 4.2: forget everything
+    /// learnt before, the client must say EHLO again). Also for implicit
+    /// TLS (RFC 8314), called right after [`new`](Self::new): the queued
+    /// greeting stays queued.
+    pub fn handle_tls_established(&mut self, info: TlsInfo) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        debug!(version = %info.version, cipher = %info.cipher, "TLS established");
+        self.tls = Some(info);
+        self.phase = Phase::Command;
+        self.helo = None;
+        self.txn = None;
+        self.pending = None;
+        self.decoder = None;
+        self.input.clear();
+        self.discarding_long_line = false;
+        self.mail_refused = false;
+    }
+
+    /// The TLS session, once [`handle_tls_established`](Self::handle_tls_established)
+    /// was called; `None` while the session is in plaintext.
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        self.tls.as_ref()
+    }
+
+    /// Whether the session is encrypted.
+    pub fn is_tls_active(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Whether the session waits for the driver's TLS handshake
+    /// (after [`ServerEvent::StartTls`]).
+    pub fn wants_tls_upgrade(&self) -> bool {
+        self.phase == Phase::Upgrading
     }
 
     /// The application is shutting down: answer 421 and close.
@@ -497,7 +563,7 @@ impl ServerSession {
     fn process(&mut self) {
         while self.pending.is_none() {
             match self.phase {
-                Phase::Closed => return,
+                Phase::Closed | Phase::Upgrading => return,
                 Phase::Data => {
                     if !self.process_data() {
                         return;
@@ -637,7 +703,38 @@ impl ServerSession {
                 self.pending = Some(Pending::Turn);
                 self.events.push_back(ServerEvent::Turn);
             }
+            Command::StartTls => self.starttls(),
         }
+    }
+
+    /// STARTTLS (RFC 3207 4): 220, then nothing more in plaintext.
+    fn starttls(&mut self) {
+        if self.tls.is_some() {
+            return self.sequence_error("TLS already active");
+        }
+        if !self.config.starttls {
+            return self.protocol_error(Reply::new(
+                ReplyCode::NOT_IMPLEMENTED,
+                EnhancedCode::new(5, 5, 1),
+                "STARTTLS not offered",
+            ));
+        }
+        if self.txn.is_some() {
+            return self.sequence_error("STARTTLS inside a mail transaction");
+        }
+        self.reply(ReplyCode::SERVICE_READY, (2, 0, 0), "Ready to start TLS");
+        // Anything the client pipelined behind STARTTLS arrived in
+        // plaintext: throw it away rather than run it inside TLS
+        // (CVE-2011-0411).
+        if !self.input.is_empty() {
+            debug!(
+                bytes = self.input.len(),
+                "discarding input sent after STARTTLS"
+            );
+            self.input.clear();
+        }
+        self.phase = Phase::Upgrading;
+        self.events.push_back(ServerEvent::StartTls);
     }
 
     fn reset_transaction(&mut self) {
@@ -667,6 +764,9 @@ impl ServerSession {
             }
             if self.config.dsn {
                 lines.push("DSN".into());
+            }
+            if self.config.starttls && self.tls.is_none() {
+                lines.push("STARTTLS".into());
             }
             lines.push("ENHANCEDSTATUSCODES".into());
             self.send(&Reply::multiline(ReplyCode::OK, None, lines));

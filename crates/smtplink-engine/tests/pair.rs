@@ -27,6 +27,7 @@ fn client_config() -> ClientConfig {
     ClientConfig {
         hello_name: "client.example.net".into(),
         pipelining: true,
+        tls: smtplink_engine::TlsPolicy::None,
     }
 }
 

@@ -60,6 +60,9 @@ transcript_tests!(
     pipelined_refused_mail,
     dsn,
     turn,
+    starttls,
+    starttls_injection,
+    starttls_not_offered,
 );
 
 // The runner must be able to fail: a transcript that is wrong in each way

@@ -26,6 +26,7 @@
 //!     protocol: "ESMTP".into(),
 //!     id: "1A2B3C".into(),
 //!     recipients: vec!["bob@example.net".into()],
+//!     tls: None,
 //! };
 //! let mut msg = store.begin(&trace)?;
 //! msg.write_all(b"Subject: hi\r\n\r\nHello.\r\n")?;
@@ -43,7 +44,7 @@ mod trace;
 pub use error::MaildirError;
 pub use mailbox::{mailbox_dir_name, MAX_MAILBOX_NAME_LEN};
 pub use store::{MaildirStore, MessageWriter};
-pub use trace::{rfc5322_date, TraceInfo};
+pub use trace::{protocol_name, rfc5322_date, TraceInfo};
 
 #[cfg(test)]
 mod tests;

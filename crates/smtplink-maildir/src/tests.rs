@@ -24,6 +24,7 @@ fn trace(recipients: &[&str]) -> TraceInfo {
         protocol: "ESMTP".into(),
         id: "T1".into(),
         recipients: recipients.iter().map(|s| s.to_string()).collect(),
+        tls: None,
     }
 }
 

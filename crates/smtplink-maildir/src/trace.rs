@@ -43,6 +43,31 @@ pub struct TraceInfo {
     /// message is staged while it is received (see
     /// [`MaildirStore::begin`](crate::MaildirStore::begin)).
     pub recipients: Vec<String>,
+    /// The TLS session the message came over, e.g. `"TLSv1.3"` and
+    /// `"TLS13_AES_256_GCM_SHA384"`; rendered as the comment
+    /// `(using TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384)` after the
+    /// `with` clause. `None` for plaintext.
+    pub tls: Option<(String, String)>,
+}
+
+/// The RFC 3848 / RFC 6531 `with` protocol name: `SMTP` (HELO), `ESMTP`,
+/// then `S` when TLS was in use and `A` when the client authenticated
+/// (`ESMTPS`, `ESMTPA`, `ESMTPSA`); `UTF8SMTP…` for SMTPUTF8 transactions.
+/// (RFC 3848 names no TLS variant of plain `SMTP`.)
+pub fn protocol_name(esmtp: bool, tls: bool, authenticated: bool, utf8: bool) -> String {
+    let base = match (utf8, esmtp) {
+        (true, _) => "UTF8SMTP",
+        (false, true) => "ESMTP",
+        (false, false) => return "SMTP".into(),
+    };
+    let mut name = base.to_owned();
+    if tls {
+        name.push('S');
+    }
+    if authenticated {
+        name.push('A');
+    }
+    name
 }
 
 impl TraceInfo {
@@ -115,6 +140,15 @@ impl TraceInfo {
         if let Some(protocol) = token(&self.protocol) {
             by.push("with".to_owned());
             by.push(protocol);
+        }
+        if let Some((version, cipher)) = &self.tls {
+            let (version, cipher) = (token(version), token(cipher));
+            if let (Some(version), Some(cipher)) = (version, cipher) {
+                by.push(format!("(using {version}"));
+                by.push("with".to_owned());
+                by.push("cipher".to_owned());
+                by.push(format!("{cipher})"));
+            }
         }
         if let Some(id) = token(&self.id) {
             by.push("id".to_owned());
@@ -331,7 +365,30 @@ mod tests {
             protocol: "ESMTP".into(),
             id: "1A2B3C".into(),
             recipients: vec!["bob@example.net".into()],
+            tls: None,
         }
+    }
+
+    #[test]
+    fn tls_comment_and_protocol_names() {
+        let mut t = sample();
+        t.protocol = protocol_name(true, true, false, false);
+        t.tls = Some(("TLSv1.3".into(), "TLS13_AES_256_GCM_SHA384".into()));
+        let s = text(&t);
+        let unfolded = s.replace("\r\n\t", " ");
+        assert!(
+            unfolded.contains("with ESMTPS (using TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384)"),
+            "{s}"
+        );
+        assert_well_formed(&s);
+        // A peer-supplied string cannot close the comment early.
+        t.tls = Some(("TLSv1.3) x (y".into(), "C".into()));
+        assert_well_formed(&text(&t));
+        assert!(!text(&t).contains(") x ("));
+        assert_eq!(protocol_name(false, true, false, false), "SMTP");
+        assert_eq!(protocol_name(true, false, true, false), "ESMTPA");
+        assert_eq!(protocol_name(true, true, true, false), "ESMTPSA");
+        assert_eq!(protocol_name(true, true, false, true), "UTF8SMTPS");
     }
 
     fn text(t: &TraceInfo) -> String {

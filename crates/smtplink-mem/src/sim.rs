@@ -1331,6 +1331,7 @@ mod tests {
             engine: ClientConfig {
                 hello_name: "client.test".into(),
                 pipelining: true,
+                tls: smtplink_engine::TlsPolicy::None,
             },
             ..ClientSettings::default()
         };

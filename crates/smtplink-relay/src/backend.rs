@@ -287,11 +287,15 @@ impl SessionHandler for RelaySession {
             MESSAGE_COUNTER.fetch_add(1, Ordering::Relaxed)
         );
         // RFC 3848 / RFC 6531 protocol names for the `with` clause.
-        let protocol = match (info.esmtp, self.params.smtputf8) {
-            (_, true) => "UTF8SMTP",
-            (true, false) => "ESMTP",
-            (false, false) => "SMTP",
-        };
+        let tls = info.link.tls.as_ref();
+        // AUTH hook: pass whether the session authenticated (ESMTPSA/ESMTPA).
+        let authenticated = false;
+        let protocol = smtplink_maildir::protocol_name(
+            info.esmtp,
+            tls.is_some(),
+            authenticated,
+            self.params.smtputf8,
+        );
         let trace = TraceInfo {
             reverse_path: self.reverse_path.clone(),
             helo: info.helo.clone(),
@@ -302,10 +306,11 @@ impl SessionHandler for RelaySession {
                 .peer_ip
                 .map_or_else(|| info.link.peer.clone(), |ip| ip.to_string()),
             peer_ip: info.link.peer_ip,
-            protocol: protocol.into(),
+            protocol,
             id,
             // The `for` clause only names a single recipient (Bcc privacy).
             recipients: self.recipients.iter().map(|r| r.address.clone()).collect(),
+            tls: tls.map(|t| (t.version.clone(), t.cipher.clone())),
         };
         if let Some(first) = self.local_names().first().cloned() {
             let header = trace.render(self.ctx.store.hostname(), now);

@@ -20,7 +20,7 @@ pub use bounce::{
     FailedRecipient,
 };
 pub use retry::RetryPolicy;
-pub use route::{DomainPattern, Route, RouteError, RouteTarget, RoutingTable};
+pub use route::{DomainPattern, Route, RouteError, RouteTarget, RouteTls, RoutingTable};
 pub use spool::{
     EnvelopeRecord, MessageId, NewEnvelope, NewRecipient, RecipientRecord, RecipientState,
     Recovery, Spool, SpoolError, SpoolLock, SpoolWriter,

@@ -101,6 +101,22 @@ pub struct Route {
     /// After sending over this route, say TURN to receive the next hop's
     /// mail for us in the same session (trusted point-to-point links only).
     pub turn: bool,
+    /// How to use TLS towards this route's next hops.
+    pub tls: RouteTls,
+}
+
+/// A route's TLS settings for its next hops.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteTls {
+    /// When to use STARTTLS (default: when offered).
+    pub policy: smtplink_engine::TlsPolicy,
+    /// Whom to trust (`system`, `pem:PATH`, `pin:sha256:HEX`, `any`);
+    /// `None`: `any` for opportunistic TLS (encrypt, do not
+    /// authenticate: RFC 7435), `system` when TLS is required.
+    pub trust: Option<String>,
+    /// The name the certificate must carry; `None`: the endpoint's host,
+    /// else the recipient domain.
+    pub name: Option<String>,
 }
 
 impl Route {
@@ -123,6 +139,7 @@ impl Route {
             pattern: DomainPattern::parse(pattern)?,
             target,
             turn,
+            tls: RouteTls::default(),
         })
     }
 }
@@ -177,6 +194,7 @@ impl Default for RoutingTable {
                 pattern: DomainPattern::Any,
                 target: RouteTarget::Local,
                 turn: false,
+                tls: RouteTls::default(),
             }],
         }
     }
@@ -208,6 +226,16 @@ impl RoutingTable {
     /// Whether a route to `target` says TURN after sending.
     pub fn turns_around(&self, target: &RouteTarget) -> bool {
         self.routes.iter().any(|r| r.turn && r.target == *target)
+    }
+
+    /// The TLS settings of the first route to `target` (hops are grouped
+    /// by target; `mx` hops use the first `mx` route's settings).
+    pub fn tls_for(&self, target: &RouteTarget) -> RouteTls {
+        self.routes
+            .iter()
+            .find(|r| r.target == *target)
+            .map(|r| r.tls.clone())
+            .unwrap_or_default()
     }
 
     /// Whether any route needs the relay machinery (not only local).

@@ -19,6 +19,7 @@ use smtplink_driver::CancellationToken;
 use smtplink_driver::{
     Backend, ClientSettings, DriverError, ServerSettings, Shutdown, SmtpClient, Turned,
 };
+use smtplink_engine::TlsPolicy;
 use smtplink_engine::{
     Envelope, ForwardPath, MailParams, Notify, RcptParams, RecipientOutcome, ReversePath,
 };
@@ -30,7 +31,7 @@ use crate::backend::RelayContext;
 use crate::bounce::{self, Action, BounceInput, FailedRecipient};
 use crate::mx::{ResolverChoice, SharedResolver};
 use crate::retry::RetryPolicy;
-use crate::route::RouteTarget;
+use crate::route::{RouteTarget, RouteTls};
 use crate::spool::{
     self, EnvelopeRecord, NewEnvelope, NewRecipient, RecipientState, Spool, SpoolLock,
 };
@@ -359,11 +360,10 @@ impl HopWorker {
             }
             RouteTarget::Mx => self.deliver_mx(items).await,
             RouteTarget::Via(urls) => {
-                let turn = self
-                    .ctx
-                    .routes
-                    .turns_around(&RouteTarget::Via(urls.clone()));
-                self.deliver_smtp(&urls, items, turn).await
+                let target = RouteTarget::Via(urls.clone());
+                let turn = self.ctx.routes.turns_around(&target);
+                let tls = self.ctx.routes.tls_for(&target);
+                self.deliver_smtp(&urls, items, turn, &tls, None).await
             }
             // Held mail leaves only when the peer calls and says TURN.
             RouteTarget::Hold => Vec::new(),
@@ -429,7 +429,9 @@ impl HopWorker {
         match resolver.next_hops(domain, self.settings.mx_port).await {
             Ok(urls) => {
                 info!(?urls, "mail exchangers");
-                self.deliver_smtp(&urls, items, false).await
+                let tls = self.ctx.routes.tls_for(&RouteTarget::Mx);
+                self.deliver_smtp(&urls, items, false, &tls, Some(domain))
+                    .await
             }
             Err(e) if e.is_permanent() => {
                 warn!(error = %e, "no mail exchanger");
@@ -442,7 +444,43 @@ impl HopWorker {
         }
     }
 
-    async fn connect(&self, urls: &[String]) -> Result<SmtpClient, String> {
+    /// The client settings for one endpoint of a route: its STARTTLS
+    /// policy and, unless TLS is off, a connector for the name to check.
+    fn client_settings(
+        &self,
+        endpoint: &Endpoint,
+        tls: &RouteTls,
+        domain: Option<&str>,
+    ) -> Result<ClientSettings, String> {
+        let mut settings = self.settings.client.clone();
+        settings.engine.tls = tls.policy;
+        let implicit = endpoint.scheme().starts_with(smtplink_tls::IMPLICIT_PREFIX);
+        if tls.policy == TlsPolicy::None && !implicit {
+            settings.tls = None;
+            return Ok(settings);
+        }
+        let trust = match (&tls.trust, tls.policy) {
+            (Some(t), _) => t.parse().map_err(|e| format!("{e}"))?,
+            // Opportunistic: encrypt without authenticating (RFC 7435).
+            (None, TlsPolicy::Opportunistic) if !implicit => smtplink_tls::Trust::Any,
+            (None, _) => smtplink_tls::Trust::System,
+        };
+        let fallback = domain.unwrap_or("localhost");
+        let name = match &tls.name {
+            Some(n) => n.clone(),
+            None => smtplink_tls::server_name_for(endpoint, fallback),
+        };
+        let client = smtplink_tls::ClientTls::new(&trust).map_err(|e| e.to_string())?;
+        settings.tls = Some(client.connector(&name).map_err(|e| e.to_string())?);
+        Ok(settings)
+    }
+
+    async fn connect(
+        &self,
+        urls: &[String],
+        tls: &RouteTls,
+        domain: Option<&str>,
+    ) -> Result<SmtpClient, String> {
         let mut last = String::from("no endpoint");
         for url in urls {
             let endpoint = match Endpoint::parse(url) {
@@ -452,13 +490,20 @@ impl HopWorker {
                     continue;
                 }
             };
+            let settings = match self.client_settings(&endpoint, tls, domain) {
+                Ok(s) => s,
+                Err(e) => {
+                    last = format!("{url}: TLS settings: {e}");
+                    warn!(endpoint = %url, error = %last, "next hop unusable");
+                    continue;
+                }
+            };
             let attempt = async {
-                let link = self
-                    .registry
-                    .connect(&endpoint)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                SmtpClient::handshake(link, self.settings.client.clone())
+                let link =
+                    smtplink_tls::connect(&self.registry, &endpoint, settings.tls.as_deref())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                SmtpClient::handshake(link, settings)
                     .await
                     .map_err(|e| format!("{url}: {e}"))
             };
@@ -477,8 +522,15 @@ impl HopWorker {
         Err(last)
     }
 
-    async fn deliver_smtp(&self, urls: &[String], items: HopItems, turn: bool) -> Outcomes {
-        let client = match self.connect(urls).await {
+    async fn deliver_smtp(
+        &self,
+        urls: &[String],
+        items: HopItems,
+        turn: bool,
+        tls: &RouteTls,
+        domain: Option<&str>,
+    ) -> Outcomes {
+        let client = match self.connect(urls, tls, domain).await {
             Ok(c) => c,
             Err(e) => return defer_all(items, &e),
         };

@@ -220,7 +220,10 @@ fn link_info(settings: &SerialSettings) -> LinkInfo {
     let scale = 7_300u32.div_ceil(settings.baud.max(1));
     LinkInfo::new(KIND, settings.label())
         .with_local(settings.label())
-        .with_tls_upgrade(false)
+        // TLS runs over the session's byte stream like over TCP (the
+        // control lines it watches for cannot occur in TLS records except
+        // by a 2^-100 accident).
+        .with_tls_upgrade(true)
         .with_timeout_scale(scale)
 }
 

@@ -86,6 +86,18 @@ pub enum TransportError {
         source: io::Error,
     },
 
+    /// A TLS handshake on the link failed, or TLS was required and could
+    /// not be had (bad or untrusted certificate, pin mismatch, no common
+    /// protocol version, the peer hung up mid-handshake). Transient: the
+    /// link is gone, and the peer's setup may be fixed later.
+    #[error("TLS with {peer}: {reason}")]
+    Tls {
+        /// The link's peer label.
+        peer: String,
+        /// What went wrong.
+        reason: String,
+    },
+
     /// The listener will hand out no more links, e.g. `stdio:` after its
     /// one session. Not a failure: whoever accepts stops accepting on it.
     #[error("no more links to accept on {endpoint}")]
@@ -118,6 +130,14 @@ impl TransportError {
     pub fn invalid_endpoint(endpoint: &Endpoint, reason: impl Into<String>) -> Self {
         TransportError::InvalidEndpoint {
             endpoint: endpoint.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// A [`Tls`](Self::Tls) error on the link to `peer`.
+    pub fn tls(peer: impl Into<String>, reason: impl Into<String>) -> Self {
+        TransportError::Tls {
+            peer: peer.into(),
             reason: reason.into(),
         }
     }
@@ -163,6 +183,7 @@ impl TransportError {
                     | io::ErrorKind::NetworkDown
                     | io::ErrorKind::AddrNotAvailable
             ),
+            TransportError::Tls { .. } => true,
             _ => false,
         }
     }
@@ -183,7 +204,7 @@ impl TransportError {
             | TransportError::Unsupported { endpoint, .. }
             | TransportError::Io { endpoint, .. }
             | TransportError::Exhausted { endpoint } => Some(endpoint),
-            TransportError::UnknownScheme { .. } => None,
+            TransportError::UnknownScheme { .. } | TransportError::Tls { .. } => None,
         }
     }
 }

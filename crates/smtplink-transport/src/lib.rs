@@ -130,11 +130,13 @@ mod endpoint;
 mod error;
 mod link;
 mod registry;
+mod tls;
 
 pub use endpoint::Endpoint;
 pub use error::{Operation, TransportError};
-pub use link::{Link, LinkInfo, LinkStream};
+pub use link::{Link, LinkInfo, LinkStream, TlsSessionInfo};
 pub use registry::Registry;
+pub use tls::{TlsAccept, TlsConnect};
 
 /// Re-exported so transport implementations use the same `async_trait` as
 /// the traits they implement.

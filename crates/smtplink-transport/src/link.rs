@@ -45,6 +45,33 @@ pub struct LinkInfo {
     /// How much slower than a LAN this link is expected to be; drivers
     /// multiply their protocol timeouts by it. 1 for TCP and memory links.
     pub timeout_scale: u32,
+    /// The TLS session running on the link, once one is (set by the TLS
+    /// layer after its handshake; `None` for plaintext).
+    pub tls: Option<TlsSessionInfo>,
+}
+
+/// What a TLS layer says about the session it runs on a link.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct TlsSessionInfo {
+    /// The protocol version, e.g. `"TLSv1.3"`.
+    pub version: String,
+    /// The cipher suite, e.g. `"TLS13_AES_256_GCM_SHA384"`.
+    pub cipher: String,
+    /// Started at once on connecting (RFC 8314 implicit TLS) rather than
+    /// with STARTTLS.
+    pub implicit: bool,
+}
+
+impl TlsSessionInfo {
+    /// Info for a session with this version and cipher suite.
+    pub fn new(version: impl Into<String>, cipher: impl Into<String>, implicit: bool) -> Self {
+        Self {
+            version: version.into(),
+            cipher: cipher.into(),
+            implicit,
+        }
+    }
 }
 
 impl LinkInfo {
@@ -59,6 +86,7 @@ impl LinkInfo {
             can_upgrade_tls: false,
             preferred_write_size: None,
             timeout_scale: 1,
+            tls: None,
         }
     }
 

@@ -16,6 +16,7 @@
 //! A: accept [text]            accept the pending decision (with own text)
 //! A: reject CODE [X.Y.Z] text reject it with this reply
 //! X: timeout | shutdown       the driver's timer fired / the app shuts down
+//! X: tls           the driver finished a TLS handshake (after E: StartTls)
 //! E: event         the next application event (see `describe_event`). If a
 //!                  transcript has any E line, every event must be listed.
 //! B: text          a line of an expected message body (CRLF appended);
@@ -45,6 +46,7 @@ pub enum Step {
     Answer(Answer),
     Timeout,
     Shutdown,
+    TlsEstablished,
     Event(String),
     Body(Vec<u8>),
     Closed,
@@ -128,6 +130,7 @@ fn apply_config(config: &mut ServerConfig, key: &str, value: &str) {
         "eightbitmime" => config.eightbitmime = parse_bool(value),
         "pipelining" => config.pipelining = parse_bool(value),
         "dsn" => config.dsn = parse_bool(value),
+        "starttls" => config.starttls = parse_bool(value),
         _ => panic!("unknown config key {key}"),
     }
 }
@@ -195,6 +198,7 @@ impl Transcript {
                 match t {
                     "timeout" => Step::Timeout,
                     "shutdown" => Step::Shutdown,
+                    "tls" => Step::TlsEstablished,
                     _ => panic!("{name}:{n}: bad X line {t:?}"),
                 }
             } else if let Some(t) = line.strip_prefix("E: ") {
@@ -249,7 +253,7 @@ impl Transcript {
     pub fn has_driver_steps(&self) -> bool {
         self.steps
             .iter()
-            .any(|(_, s)| matches!(s, Step::Timeout | Step::Shutdown))
+            .any(|(_, s)| matches!(s, Step::Timeout | Step::Shutdown | Step::TlsEstablished))
     }
 }
 
@@ -305,6 +309,7 @@ pub fn describe_event(e: &ServerEvent) -> String {
         ServerEvent::DataAborted { fault } => format!("DataAborted {fault:?}"),
         ServerEvent::TransactionReset => "TransactionReset".into(),
         ServerEvent::Turn => "Turn".into(),
+        ServerEvent::StartTls => "StartTls".into(),
         ServerEvent::Closed { reason } => format!(
             "Closed {}",
             match reason {
@@ -459,6 +464,14 @@ pub fn run(t: &Transcript) {
             }
             Step::Shutdown => {
                 r.session.shutdown();
+                r.drain(at);
+            }
+            Step::TlsEstablished => {
+                r.session
+                    .handle_tls_established(smtplink_engine::TlsInfo::new(
+                        "TLSv1.3",
+                        "TLS13_AES_256_GCM_SHA384",
+                    ));
                 r.drain(at);
             }
             Step::Event(expected) => {
