@@ -12,7 +12,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 
 use common::pair::{Decision, Pair};
-use common::transcript::{feed_split, load_all, Answer, Transcript};
+use common::transcript::{feed_split, feed_split_encrypted, load_all, Answer, Transcript};
 use smtplink_engine::data::{dot_stuff, DataDecoder, DataLimits, DataProgress};
 use smtplink_engine::{
     BareLineEndingPolicy, Body, ClientConfig, Command, DataFault, EnhancedCode, Envelope,
@@ -228,8 +228,8 @@ proptest! {
         let t = which.get(transcripts());
         let input = t.client_bytes();
         let answers = t.answers();
-        let whole = feed_split(&t.config, &input, &[], &answers);
-        let split = feed_split(&t.config, &input, &cuts_for(input.len(), &picks), &answers);
+        let whole = feed_split_encrypted(&t.config, t.encrypted, &input, &[], &answers);
+        let split = feed_split_encrypted(&t.config, t.encrypted, &input, &cuts_for(input.len(), &picks), &answers);
         same_run(&whole, &split).map_err(|e| TestCaseError::fail(format!("{}: {e}", t.name)))?;
     }
 }
@@ -239,9 +239,9 @@ fn every_transcript_fed_one_byte_at_a_time() {
     for t in transcripts() {
         let input = t.client_bytes();
         let answers = t.answers();
-        let whole = feed_split(&t.config, &input, &[], &answers);
+        let whole = feed_split_encrypted(&t.config, t.encrypted, &input, &[], &answers);
         let every: Vec<usize> = (1..input.len()).collect();
-        let bytewise = feed_split(&t.config, &input, &every, &answers);
+        let bytewise = feed_split_encrypted(&t.config, t.encrypted, &input, &every, &answers);
         if let Err(e) = same_run(&whole, &bytewise) {
             panic!("{}: {e}", t.name);
         }
@@ -526,6 +526,7 @@ const ESMTP: ParseOptions = ParseOptions {
     smtputf8: true,
     utf8_transaction: false,
     dsn: true,
+    auth: true,
 };
 
 proptest! {
