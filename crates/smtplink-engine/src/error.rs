@@ -114,8 +114,8 @@ pub enum ApiMisuse {
     /// is answered with a credential or a rejection, nothing else).
     #[error("the pending decision needs a different kind of answer")]
     WrongAnswer,
-    /// A SCRAM nonce that is not 1 to 160 printable characters without `,`.
-    #[error("the SCRAM nonce is not 1 to 160 printable ASCII characters without ','")]
+    /// A SCRAM nonce that is not 1 to 100 printable characters without `,`.
+    #[error("the SCRAM nonce is not 1 to 100 printable ASCII characters without ','")]
     BadNonce,
 }
 

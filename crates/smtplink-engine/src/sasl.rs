@@ -49,7 +49,7 @@ pub const MAX_USERNAME: usize = 255;
 /// Longest nonce part (the client's, or the server's) in characters. Bounds
 /// the server-first message so its 334 line stays under 512 octets
 /// (RFC 5321 4.5.3.1.5).
-pub const MAX_NONCE: usize = 160;
+pub const MAX_NONCE: usize = 100;
 
 /// Longest salt in octets (same reason as [`MAX_NONCE`]).
 pub const MAX_SALT: usize = 64;
@@ -1190,6 +1190,31 @@ mod tests {
         assert!(!c.verify_password("pencil "));
         assert!(!format!("{c:?}").contains("stored"));
         assert!(!format!("{:?}", Credentials::new("u", "sekrit")).contains("sekrit"));
+    }
+
+    /// The longest server-first (both nonces and the salt at their limits)
+    /// still fits a 512-octet 334 line (RFC 5321 4.5.3.1.5).
+    #[test]
+    fn longest_server_first_fits_one_reply_line() {
+        let cnonce = "c".repeat(MAX_NONCE);
+        let first = format!("n,,n={},r={cnonce}", "u".repeat(MAX_USERNAME));
+        let (mut s, _) = ServerExchange::start(Mechanism::ScramSha256, Some(first.into_bytes()));
+        let credential = ScramCredential::from_password("p", &[1; MAX_SALT], 1);
+        let credential = ScramCredential {
+            iterations: MAX_ITERATIONS,
+            ..credential
+        };
+        let ServerStep::Challenge(ch) =
+            s.answer_lookup(CredentialLookup::Found(credential), &"s".repeat(MAX_NONCE))
+        else {
+            panic!()
+        };
+        assert!("334 ".len() + encode(&ch).len() + 2 <= 512);
+        let (_, step) = ServerExchange::start(
+            Mechanism::ScramSha256,
+            Some(format!("n,,n=u,r={}x", cnonce).into_bytes()),
+        );
+        assert!(matches!(step, ServerStep::Fail(AuthFailure::Malformed, _)));
     }
 
     #[test]
