@@ -3,6 +3,7 @@
 mod bench_link;
 mod config;
 mod linksim;
+mod passwd;
 mod queue;
 
 use std::io::{IsTerminal, Read};
@@ -171,6 +172,26 @@ enum Commands {
         /// Serve one party, print the counters and exit.
         #[arg(long)]
         once: bool,
+    },
+    /// Add or replace a user in an AUTH users file.
+    ///
+    /// Reads the password from stdin (one line); only its SCRAM-SHA-256
+    /// derivation is stored, in a file of mode 0600 rewritten atomically.
+    /// Without --allow, a replaced user keeps the senders it had.
+    Passwd {
+        /// The users file (created if missing).
+        #[arg(long, value_name = "FILE")]
+        users: PathBuf,
+        /// The user name that AUTH will give.
+        user: String,
+        /// A sender the user may give in MAIL FROM: local@domain, *@domain
+        /// or * (repeatable). Without any, a user whose name is an address
+        /// may send as that address only.
+        #[arg(long, value_name = "ADDR")]
+        allow: Vec<String>,
+        /// PBKDF2 iterations (at least 4096, RFC 7677).
+        #[arg(long, value_name = "N", default_value_t = smtplink_auth::DEFAULT_ITERATIONS)]
+        iterations: u32,
     },
 }
 
@@ -371,6 +392,12 @@ fn main() -> ExitCode {
             print!("{DEFAULT_CONFIG}");
             ExitCode::SUCCESS
         }
+        Commands::Passwd {
+            users,
+            user,
+            allow,
+            iterations,
+        } => passwd::run(&users, &user, &allow, iterations),
     }
 }
 

@@ -117,3 +117,113 @@ fn send_refuses_what_smtp_cannot_carry_before_connecting() {
         );
     }
 }
+
+/// `passwd` reads the password from stdin, stores only its SCRAM-SHA-256
+/// derivation (mode 0600), replaces an entry in place and keeps the rest.
+#[test]
+fn passwd_writes_users_without_the_password() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    let passwd = |user: &str, password: &str, extra: &[&str]| {
+        let mut child = smtplink()
+            .args(["passwd", "--users"])
+            .arg(&users)
+            .arg(user)
+            .args(["--iterations", "4096"])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(password.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = passwd(
+        "alice@example.org",
+        "correct horse\n",
+        &[
+            "--allow",
+            "*@example.org",
+            "--allow",
+            "postmaster@example.net",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = passwd("bob", "battery staple\r\n", &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&users).unwrap();
+    assert!(!text.contains("correct horse") && !text.contains("battery"));
+    assert!(
+        text.starts_with("alice@example.org:SCRAM-SHA-256$4096:"),
+        "{text}"
+    );
+    assert!(text.contains(":*@example.org,postmaster@example.net\nbob:SCRAM-SHA-256$4096:"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&users).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let file = smtplink_auth::UsersFile::load(&users).unwrap();
+    let alice = file.user("alice@example.org").unwrap();
+    assert!(alice.credential.verify_password("correct horse"));
+    assert!(file
+        .user("bob")
+        .unwrap()
+        .credential
+        .verify_password("battery staple"));
+    assert!(file.may_send_as("alice@example.org", "x@example.org"));
+
+    // Replacing: new password, senders kept, order kept.
+    let out = passwd("alice@example.org", "new one\n", &[]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("replaced user alice@example.org"));
+    let file = smtplink_auth::UsersFile::load(&users).unwrap();
+    let alice = file.user("alice@example.org").unwrap();
+    assert!(alice.credential.verify_password("new one"));
+    assert!(!alice.credential.verify_password("correct horse"));
+    assert!(file.may_send_as("alice@example.org", "x@example.org"));
+    let names: Vec<&str> = file.users().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["alice@example.org", "bob"]);
+
+    // Refusals: no password, a bad name, a bad sender, a broken file.
+    let before = std::fs::read_to_string(&users).unwrap();
+    for (user, input, extra, needle) in [
+        ("carol", "", &[][..], "no password"),
+        ("ca:rol", "pw\n", &[][..], "bad user name"),
+        (
+            "carol",
+            "pw\n",
+            &["--allow", "nodomain"][..],
+            "bad sender pattern",
+        ),
+    ] {
+        let out = passwd(user, input, extra);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(needle), "{stderr}");
+    }
+    assert_eq!(std::fs::read_to_string(&users).unwrap(), before);
+    std::fs::write(&users, "junk\n").unwrap();
+    let out = passwd("carol", "pw\n", &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains(":1: expected user:"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&users).unwrap(), "junk\n");
+}

@@ -17,6 +17,7 @@ fuzz_target!(|data: &[u8]| {
         smtputf8: flags & 8 != 0,
         utf8_transaction: flags & 16 != 0,
         dsn: flags & 32 != 0,
+        auth: flags & 64 != 0,
     };
     let Ok(cmd) = Command::parse(line, &opts) else {
         // The error always has a reply to send; building it must not panic.

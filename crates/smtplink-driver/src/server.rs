@@ -373,6 +373,14 @@ async fn handle_events(
                 debug!("STARTTLS accepted");
                 None
             }
+            // AUTH is not wired to a credential store yet: a session whose
+            // config names mechanisms gets 454 for every lookup.
+            ServerEvent::AuthLookup { .. } => Some(Err(Reply::new(
+                smtplink_engine::ReplyCode::AUTH_TEMPORARY_FAILURE,
+                smtplink_engine::EnhancedCode::new(4, 7, 0),
+                "Temporary authentication failure",
+            ))),
+            ServerEvent::Authenticated { .. } | ServerEvent::AuthFailed { .. } => None,
             ServerEvent::Closed { reason } => {
                 debug!(?reason, "engine closed the session");
                 state.close = Some(reason);

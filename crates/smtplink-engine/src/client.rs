@@ -22,6 +22,13 @@
 //! the server did not advertise, and refuses, before anything is sent, a
 //! message it could not deliver faithfully (bare CR/LF, over-long lines,
 //! 8-bit data without 8BITMIME, UTF-8 addresses without SMTPUTF8).
+//!
+//! AUTH (RFC 4954): [`ClientSession::authenticate`] between transactions
+//! picks the strongest offered mechanism it may use (SCRAM-SHA-256, then
+//! PLAIN, then LOGIN; the last two only where the caller says plaintext
+//! passwords are safe) and reports with [`ClientEvent::Authenticated`]. A
+//! SCRAM server that cannot prove it knows the credential fails the
+//! session, even after a 235.
 
 use std::collections::VecDeque;
 
@@ -35,6 +42,7 @@ use crate::data::dot_stuff;
 use crate::error::{AddressError, ApiMisuse, MessageError, ReplyError};
 use crate::params::{Body, MailParams, RcptParams};
 use crate::reply::{Reply, ReplyCode, ReplyParser};
+use crate::sasl::{self, ClientExchange, Credentials, Mechanism, SaslClientError};
 use crate::tls::{TlsInfo, TlsPolicy};
 
 /// Longest message line the client sends, CRLF included (RFC 5322 2.1.1:
@@ -82,6 +90,9 @@ pub struct Capabilities {
     pub dsn: bool,
     /// STARTTLS (RFC 3207).
     pub starttls: bool,
+    /// AUTH (RFC 4954): the mechanism names offered, upper-cased, in the
+    /// server's order (including ones smtplink does not speak).
+    pub auth: Vec<String>,
     /// Every keyword line as offered (upper-cased keyword, then its arguments).
     pub raw: Vec<String>,
 }
@@ -108,11 +119,27 @@ impl Capabilities {
                 "ENHANCEDSTATUSCODES" => caps.enhanced_status_codes = true,
                 "DSN" => caps.dsn = true,
                 "STARTTLS" => caps.starttls = true,
+                "AUTH" => {
+                    for m in words.by_ref() {
+                        let m = m.to_ascii_uppercase();
+                        if !caps.auth.contains(&m) {
+                            caps.auth.push(m);
+                        }
+                    }
+                }
                 _ => {}
             }
             caps.raw.push(line.trim().to_string());
         }
         caps
+    }
+
+    /// The mechanisms offered that smtplink speaks, strongest first.
+    pub fn auth_mechanisms(&self) -> Vec<Mechanism> {
+        Mechanism::ALL
+            .into_iter()
+            .filter(|m| self.auth.iter().any(|a| a == m.name()))
+            .collect()
     }
 }
 
@@ -279,6 +306,33 @@ pub enum ClientEvent {
     /// 250 and the roles have swapped (this client session is over; run a
     /// server session on the same link), `Err` carries the refusal.
     Turn(Result<(), Reply>),
+    /// The answer to [`ClientSession::authenticate`]: the mechanism that
+    /// worked, or why it did not (the session goes on either way, except
+    /// when a SCRAM server failed to prove itself: then the session fails
+    /// with [`ClientError::ServerAuthentication`]).
+    Authenticated(Result<Mechanism, AuthError>),
+}
+
+/// Why AUTH did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// No mechanism the client may use is offered (none at all, or only
+    /// PLAIN/LOGIN on a link where plaintext passwords are not allowed).
+    /// Nothing was sent.
+    #[error("no usable AUTH mechanism offered (server offers: {offered:?}; plaintext allowed: {plaintext_allowed})")]
+    NoMechanism {
+        /// What the server offered.
+        offered: Vec<String>,
+        /// Whether PLAIN and LOGIN were allowed.
+        plaintext_allowed: bool,
+    },
+    /// The server refused (535 bad credentials, 454 try later, ...).
+    #[error("server refused authentication: {0}")]
+    Rejected(Reply),
+    /// The exchange went wrong on our side of the checks (we cancelled it).
+    #[error("authentication exchange failed: {0}")]
+    Sasl(#[from] SaslClientError),
 }
 
 /// A failure that ends a client session.
@@ -310,6 +364,10 @@ pub enum ClientError {
         /// Why, for logs and bounces.
         reason: String,
     },
+    /// The server said 235 without proving it knows our SCRAM credential:
+    /// it is not the server we meant to talk to.
+    #[error("server authentication failed: {0}")]
+    ServerAuthentication(SaslClientError),
 }
 
 impl ClientError {
@@ -317,6 +375,7 @@ impl ClientError {
     pub fn is_transient(&self) -> bool {
         match self {
             ClientError::Refused { reply, .. } => !reply.is_permanent(),
+            ClientError::ServerAuthentication(_) => false,
             _ => true,
         }
     }
@@ -351,6 +410,7 @@ enum Expect {
     Quit,
     Turn,
     StartTls,
+    Auth,
 }
 
 #[derive(Debug)]
@@ -417,6 +477,18 @@ pub struct ClientSession {
     /// The 220 to STARTTLS came; waiting for the driver's handshake.
     upgrading: bool,
     tls: Option<TlsInfo>,
+    auth: Option<ClientAuth>,
+}
+
+/// An AUTH exchange in progress.
+#[derive(Debug)]
+struct ClientAuth {
+    exchange: ClientExchange,
+    /// An initial response too long for the AUTH line (RFC 4954 section 4:
+    /// the line stays within 512 octets), sent after the empty challenge.
+    deferred: Option<Vec<u8>>,
+    /// We cancelled with `*` for this reason; the server's 501 ends it.
+    cancelled: Option<SaslClientError>,
 }
 
 impl ClientSession {
@@ -435,6 +507,7 @@ impl ClientSession {
             closed: false,
             upgrading: false,
             tls: None,
+            auth: None,
         }
     }
 
@@ -473,7 +546,69 @@ impl ClientSession {
 
     /// Whether a new message may be given to [`send`](Self::send).
     pub fn is_ready(&self) -> bool {
-        self.ready && self.txn.is_none() && !self.closed
+        self.ready && self.txn.is_none() && self.auth.is_none() && !self.closed
+    }
+
+    /// Authenticates with AUTH (RFC 4954), between transactions. Picks the
+    /// strongest offered mechanism: SCRAM-SHA-256, then PLAIN, then LOGIN;
+    /// PLAIN and LOGIN only when `plaintext_allowed` (the link is encrypted,
+    /// or trusted). `nonce` is SCRAM's client nonce, fresh from a secure
+    /// random source (e.g. [`sasl::nonce_from_bytes`] of 18 random bytes).
+    ///
+    /// Returns the mechanism chosen; the outcome comes as
+    /// [`ClientEvent::Authenticated`]. When nothing usable is offered,
+    /// returns [`AuthError::NoMechanism`] and sends nothing: credentials
+    /// never go out unprotected.
+    pub fn authenticate(
+        &mut self,
+        credentials: &Credentials,
+        plaintext_allowed: bool,
+        nonce: &str,
+    ) -> Result<Mechanism, AuthStartError> {
+        if !self.is_ready() || !self.expect.is_empty() {
+            return Err(ApiMisuse::NotReady.into());
+        }
+        let mechanism = self
+            .capabilities
+            .auth_mechanisms()
+            .into_iter()
+            .find(|m| plaintext_allowed || !m.sends_password())
+            .ok_or_else(|| AuthError::NoMechanism {
+                offered: self.capabilities.auth.clone(),
+                plaintext_allowed,
+            })?;
+        if mechanism == Mechanism::ScramSha256 && !sasl::is_valid_nonce(nonce) {
+            return Err(ApiMisuse::BadNonce.into());
+        }
+        let (exchange, initial) = ClientExchange::start(mechanism, credentials, nonce);
+        let mut line = format!("AUTH {}", mechanism.name());
+        let mut deferred = None;
+        if let Some(initial) = initial {
+            let encoded = if initial.is_empty() {
+                "=".to_string()
+            } else {
+                sasl::encode(&initial)
+            };
+            // RFC 4954 section 4: an initial response that would make the
+            // line longer than 512 octets goes after an empty challenge.
+            if line.len() + 1 + encoded.len() + 2 <= 512 {
+                line.push(' ');
+                line.push_str(&encoded);
+            } else {
+                deferred = Some(initial);
+            }
+        }
+        // Not traced: the line may carry a password.
+        trace!(%mechanism, "client AUTH");
+        line.push_str("\r\n");
+        self.output.extend_from_slice(line.as_bytes());
+        self.expect.push_back(Expect::Auth);
+        self.auth = Some(ClientAuth {
+            exchange,
+            deferred,
+            cancelled: None,
+        });
+        Ok(mechanism)
     }
 
     /// Whether the session is over.
@@ -512,7 +647,8 @@ impl ClientSession {
             | Expect::Mail
             | Expect::Rset
             | Expect::Quit
-            | Expect::Turn => ClientTimeout::Mail,
+            | Expect::Turn
+            | Expect::Auth => ClientTimeout::Mail,
         })
     }
 
@@ -808,6 +944,7 @@ impl ClientSession {
                     self.become_ready();
                 }
             }
+            Expect::Auth => self.on_auth(reply),
             Expect::Turn => {
                 if reply.code() == ReplyCode::OK {
                     // This side is a server now; the client session ends
@@ -820,6 +957,55 @@ impl ClientSession {
                 }
             }
         }
+    }
+
+    fn on_auth(&mut self, reply: Reply) {
+        let Some(mut auth) = self.auth.take() else {
+            return;
+        };
+        let mechanism = auth.exchange.mechanism();
+        if reply.code() == ReplyCode::AUTH_CHALLENGE && auth.cancelled.is_none() {
+            let text = reply.lines().first().map(String::as_str).unwrap_or("");
+            let response = match auth.deferred.take() {
+                Some(initial) if text.is_empty() => Ok(initial),
+                _ => sasl::decode_response(text.as_bytes())
+                    .ok_or(SaslClientError::MalformedChallenge)
+                    .and_then(|challenge| auth.exchange.challenge(&challenge)),
+            };
+            let line = match response {
+                Ok(data) => format!("{}\r\n", sasl::encode(&data)),
+                Err(e) => {
+                    // RFC 4954 section 4: "*" cancels; the server says 501.
+                    debug!(error = %e, "cancelling AUTH");
+                    auth.cancelled = Some(e);
+                    "*\r\n".to_string()
+                }
+            };
+            self.output.extend_from_slice(line.as_bytes());
+            self.expect.push_back(Expect::Auth);
+            self.auth = Some(auth);
+            return;
+        }
+        if reply.code() == ReplyCode::AUTH_SUCCEEDED {
+            // A SCRAM server must have proved itself first; one we
+            // cancelled on must not let us in anyway.
+            let verdict = match auth.cancelled {
+                Some(e) => Err(e),
+                None => auth.exchange.finish(),
+            };
+            return match verdict {
+                Ok(()) => self
+                    .events
+                    .push_back(ClientEvent::Authenticated(Ok(mechanism))),
+                Err(e) => self.fail(ClientError::ServerAuthentication(e), None),
+            };
+        }
+        let error = match auth.cancelled {
+            Some(e) => AuthError::Sasl(e),
+            None => AuthError::Rejected(reply),
+        };
+        self.events
+            .push_back(ClientEvent::Authenticated(Err(error)));
     }
 
     fn become_ready(&mut self) {
@@ -903,6 +1089,18 @@ fn rcpt_command(envelope: &Envelope, i: usize, dsn: bool) -> Command {
         to: envelope.to[i].clone(),
         params,
     }
+}
+
+/// Why [`ClientSession::authenticate`] could not start.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum AuthStartError {
+    /// Nothing usable offered (nothing was sent).
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// Not between transactions, or a bad nonce.
+    #[error(transparent)]
+    Api(#[from] ApiMisuse),
 }
 
 /// Why [`ClientSession::send`] refused a message.

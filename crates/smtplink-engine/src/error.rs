@@ -110,6 +110,13 @@ pub enum ApiMisuse {
     /// A message was submitted while the client is not ready for one.
     #[error("the client session is not ready for a new message")]
     NotReady,
+    /// The pending decision needs another kind of answer (an AUTH lookup
+    /// is answered with a credential or a rejection, nothing else).
+    #[error("the pending decision needs a different kind of answer")]
+    WrongAnswer,
+    /// A SCRAM nonce that is not 1 to 100 printable characters without `,`.
+    #[error("the SCRAM nonce is not 1 to 100 printable ASCII characters without ','")]
+    BadNonce,
 }
 
 /// Why the client refuses to send a message, before anything goes on the wire.

@@ -35,18 +35,22 @@ pub mod data;
 pub mod error;
 pub mod params;
 pub mod reply;
+pub mod sasl;
 pub mod server;
 pub mod tls;
 
 pub use address::{Domain, ForwardPath, Mailbox, ReversePath};
 pub use client::{
-    Capabilities, ClientConfig, ClientError, ClientEvent, ClientSession, ClientTimeout, Envelope,
-    RecipientOutcome, SendError, TransactionReport,
+    AuthError, AuthStartError, Capabilities, ClientConfig, ClientError, ClientEvent, ClientSession,
+    ClientTimeout, Envelope, RecipientOutcome, SendError, TransactionReport,
 };
-pub use command::{Command, CommandError, ParseOptions};
+pub use command::{Command, CommandError, InitialResponse, ParseOptions};
 pub use data::{BareLineEndingPolicy, DataFault};
 pub use error::{AddressError, ApiMisuse, MessageError, ReplyError};
 pub use params::{Body, MailParams, Notify, RcptParams, Ret};
 pub use reply::{EnhancedCode, Reply, ReplyCode, ReplyParser, Severity};
+pub use sasl::{
+    AuthFailure, CredentialLookup, Credentials, Mechanism, SaslClientError, ScramCredential,
+};
 pub use server::{CloseReason, ServerConfig, ServerEvent, ServerSession, ServerTimeout};
 pub use tls::{TlsInfo, TlsPolicy};

@@ -1,14 +1,17 @@
 //! ESMTP parameters of MAIL and RCPT (RFC 5321 4.1.2 `Mail-parameters`).
 //!
 //! Only parameters of advertised extensions are accepted: SIZE (RFC 1870),
-//! BODY (RFC 6152), SMTPUTF8 (RFC 6531), and the DSN parameters RET, ENVID,
-//! NOTIFY and ORCPT (RFC 3461). Anything else earns a 555.
+//! BODY (RFC 6152), SMTPUTF8 (RFC 6531), the DSN parameters RET, ENVID,
+//! NOTIFY and ORCPT (RFC 3461), and AUTH (RFC 4954 section 5). Anything
+//! else earns a 555.
 //!
 //! xtext values (ENVID, ORCPT) are decoded here, and a decoded value with a
 //! control character (CR, LF, NUL...) is refused with 501, so nothing a
 //! peer sends can split a line in a spool record or a header later.
 
 use std::fmt;
+
+use crate::address::{Mailbox, ReversePath};
 
 /// The BODY parameter's value (RFC 6152).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +35,11 @@ pub struct MailParams {
     pub ret: Option<Ret>,
     /// `ENVID=xtext` (RFC 3461 4.4), decoded.
     pub envid: Option<String>,
+    /// `AUTH=xtext` (RFC 4954 section 5), decoded: who originally submitted
+    /// the message, or `<>` (unknown). A server keeps a mailbox here only
+    /// from an authenticated client and turns it into `<>` otherwise, as
+    /// the RFC requires.
+    pub auth: Option<ReversePath>,
 }
 
 /// The RET parameter's value (RFC 3461 4.3).
@@ -69,6 +77,9 @@ pub struct RcptParams {
 pub const MAX_ENVID: usize = 100;
 /// Longest ORCPT value, in octets (RFC 3461 4.2: 500 characters).
 pub const MAX_ORCPT: usize = 500;
+/// Longest AUTH value, in octets (RFC 4954 section 5: it may lengthen
+/// MAIL by 500 characters).
+pub const MAX_AUTH_PARAM: usize = 500;
 
 /// Decodes xtext (RFC 3461 4): `+XX` hex escapes; a raw `+` or `=` is an
 /// error, as is a decoded control character or invalid UTF-8.
@@ -217,11 +228,17 @@ impl MailParams {
                 ("ENVID", Some(v)) if v.len() <= MAX_ENVID => {
                     params.envid = Some(xtext_decode(v).ok_or(ParamError::BadValue(original))?);
                 }
-                ("SIZE" | "BODY" | "SMTPUTF8" | "RET" | "ENVID", _) => {
+                ("AUTH", Some(v)) if v.len() <= MAX_AUTH_PARAM => {
+                    params.auth = Some(parse_auth_param(v).ok_or(ParamError::BadValue(original))?);
+                }
+                ("SIZE" | "BODY" | "SMTPUTF8" | "RET" | "ENVID" | "AUTH", _) => {
                     return Err(ParamError::BadValue(original))
                 }
                 _ => return Err(ParamError::Unrecognized(original)),
             }
+        }
+        if !params.smtputf8 && params.auth.as_ref().is_some_and(|a| !a.is_ascii()) {
+            return Err(ParamError::BadValue("AUTH".into()));
         }
         Ok(params)
     }
@@ -247,6 +264,14 @@ impl MailParams {
         if let Some(envid) = &self.envid {
             out.push_str(" ENVID=");
             out.push_str(&xtext_encode(envid));
+        }
+        match &self.auth {
+            Some(ReversePath::Null) => out.push_str(" AUTH=<>"),
+            Some(ReversePath::Mailbox(m)) => {
+                out.push_str(" AUTH=");
+                out.push_str(&xtext_encode(&m.to_string()));
+            }
+            None => {}
         }
     }
 
@@ -315,6 +340,19 @@ impl RcptParams {
             out.push_str(&format!(" ORCPT={kind};{}", xtext_encode(addr)));
         }
     }
+}
+
+/// The AUTH parameter's value (RFC 4954 section 5): xtext of `<>` or of a
+/// mailbox. xtext decoding already refuses control characters, so no CR or
+/// LF can reach a spool record or a header through it (Exim's 21Nails).
+fn parse_auth_param(value: &str) -> Option<ReversePath> {
+    let decoded = xtext_decode(value)?;
+    if decoded == "<>" {
+        return Some(ReversePath::Null);
+    }
+    Mailbox::parse(&decoded, true)
+        .ok()
+        .map(ReversePath::Mailbox)
 }
 
 /// `NEVER` or a comma list of SUCCESS, FAILURE, DELAY (RFC 3461 4.1).
@@ -425,6 +463,41 @@ mod tests {
         }
         let long = format!("ENVID={}", "x".repeat(MAX_ENVID + 1));
         assert!(MailParams::parse(&long, all).is_err());
+    }
+
+    /// RFC 4954 section 5, and no line break or header smuggled through
+    /// the xtext (the 21Nails lesson).
+    #[test]
+    fn auth_parameter() {
+        let p = MailParams::parse("AUTH=e+3Dmc2@example.com", all).unwrap();
+        assert_eq!(p.auth.as_ref().unwrap().to_string(), "e=mc2@example.com");
+        let mut s = String::new();
+        p.write_to(&mut s);
+        assert_eq!(s, " AUTH=e+3Dmc2@example.com");
+        let p = MailParams::parse("AUTH=<>", all).unwrap();
+        assert_eq!(p.auth, Some(ReversePath::Null));
+        for bad in [
+            "AUTH=<e+2Cvil+0D+0AX-Header>",
+            "AUTH=a@b.org+0D+0AX-Injected:+20yes",
+            "AUTH=a+0A@b.org",
+            "AUTH=a+00@b.org",
+            "AUTH=<a@b.org>",
+            "AUTH=nobody",
+            "AUTH=a@b.org AUTH=<>",
+            "AUTH=+C3+A9@b.org",
+        ] {
+            assert!(
+                matches!(MailParams::parse(bad, all), Err(ParamError::BadValue(_))),
+                "{bad}"
+            );
+        }
+        assert!(MailParams::parse("AUTH=+C3+A9@b.org SMTPUTF8", all).is_ok());
+        let long = format!("AUTH={}@b.org", "x".repeat(MAX_AUTH_PARAM));
+        assert!(MailParams::parse(&long, all).is_err());
+        assert!(matches!(
+            MailParams::parse("AUTH=<>", |k| k != "AUTH"),
+            Err(ParamError::Unrecognized(_))
+        ));
     }
 
     #[test]

@@ -57,6 +57,16 @@ impl ReplyCode {
     pub const TRANSACTION_FAILED: Self = Self(554);
     /// 555 MAIL FROM/RCPT TO parameters not recognized or not implemented.
     pub const PARAMETERS_NOT_RECOGNIZED: Self = Self(555);
+    /// 235 Authentication succeeded (RFC 4954).
+    pub const AUTH_SUCCEEDED: Self = Self(235);
+    /// 334 Authentication challenge, base64 in the text (RFC 4954).
+    pub const AUTH_CHALLENGE: Self = Self(334);
+    /// 454 Temporary authentication failure (RFC 4954).
+    pub const AUTH_TEMPORARY_FAILURE: Self = Self(454);
+    /// 535 Authentication credentials invalid (RFC 4954).
+    pub const AUTH_INVALID: Self = Self(535);
+    /// 538 Encryption required for the requested mechanism (RFC 4954).
+    pub const AUTH_ENCRYPTION_REQUIRED: Self = Self(538);
 
     /// Makes a code, checking the digit ranges of RFC 5321 4.2.
     pub fn new(code: u16) -> Option<Self> {

@@ -21,6 +21,19 @@
 //! [`ServerSession::accept`] or [`ServerSession::reject`] answers them.
 //! Replies to pipelined commands come out in order because the session
 //! handles one command at a time and keeps unread input buffered.
+//!
+//! # AUTH (RFC 4954)
+//!
+//! Offered only when [`ServerConfig::auth_mechanisms`] names mechanisms;
+//! PLAIN and LOGIN only once the link is encrypted
+//! ([`ServerSession::set_encrypted`]) or on a listener trusted with
+//! plaintext passwords. Once AUTH starts, every line the client sends is
+//! part of the exchange until it ends (235, or a 4xx/5xx): a command
+//! pipelined behind AUTH is read as a SASL response, never run, since AUTH
+//! changes the session's state and so, like EHLO, must end a pipelined
+//! group (RFC 2920 3.1). The credential check is a decision,
+//! [`ServerEvent::AuthLookup`], answered with
+//! [`ServerSession::answer_auth_lookup`] or a rejection.
 
 use std::collections::VecDeque;
 
@@ -36,6 +49,9 @@ use crate::data::{
 use crate::error::ApiMisuse;
 use crate::params::{Body, MailParams, RcptParams};
 use crate::reply::{EnhancedCode, Reply, ReplyCode};
+use crate::sasl::{
+    self, AuthFailure, CredentialLookup, Mechanism, ServerExchange, ServerStep, MAX_SASL_LINE,
+};
 use crate::tls::TlsInfo;
 
 /// Settings of a server session. Every limit has a default from the RFCs.
@@ -71,6 +87,14 @@ pub struct ServerConfig {
     /// certificate and the link can carry TLS; it is never offered once
     /// the session is encrypted.
     pub starttls: bool,
+    /// SASL mechanisms to offer with AUTH (RFC 4954), in this order. Empty
+    /// (the default): no AUTH. PLAIN and LOGIN are offered only when the
+    /// session is encrypted or `auth_plaintext_trusted` is set; asked for
+    /// anyway, they get 538.
+    pub auth_mechanisms: Vec<Mechanism>,
+    /// Offer PLAIN and LOGIN on an unencrypted link too: only for a
+    /// listener no one can listen in on (loopback, a private serial line).
+    pub auth_plaintext_trusted: bool,
 }
 
 /// Extra octets allowed on MAIL and RCPT lines for ESMTP parameters.
@@ -118,6 +142,8 @@ impl Default for ServerConfig {
             pipelining: true,
             dsn: false,
             starttls: false,
+            auth_mechanisms: Vec::new(),
+            auth_plaintext_trusted: false,
         }
     }
 }
@@ -164,6 +190,36 @@ pub enum ServerEvent {
     },
     /// The transaction was abandoned (RSET, or EHLO/HELO mid-transaction).
     TransactionReset,
+    /// AUTH: the client named the user it wants to be. **Decision**:
+    /// answer with [`ServerSession::answer_auth_lookup`] (the user's
+    /// credential, or "no such user" with a decoy), or reject (454 4.7.0
+    /// when the credential store is unavailable or the client has failed
+    /// too often; 535 5.7.8 to refuse the user outright).
+    AuthLookup {
+        /// The mechanism in use.
+        mechanism: Mechanism,
+        /// The user name (authentication identity): UTF-8, no control
+        /// characters, at most 255 octets.
+        username: String,
+    },
+    /// AUTH succeeded (235 sent); the session now belongs to this user
+    /// ([`ServerSession::authenticated_user`]). No decision.
+    Authenticated {
+        /// The mechanism used.
+        mechanism: Mechanism,
+        /// The user.
+        username: String,
+    },
+    /// AUTH failed (the reply is sent). No decision; the application may
+    /// count failures and refuse later lookups (454) or shut the session.
+    AuthFailed {
+        /// The mechanism tried.
+        mechanism: Mechanism,
+        /// The user name, if the client got as far as giving one.
+        username: Option<String>,
+        /// What went wrong.
+        reason: AuthFailure,
+    },
     /// TURN (RFC 821 4.1.1). **Decision**: accept only on a trusted
     /// point-to-point link, where the application then runs a client
     /// session on the same link (the engine's session ends with the 250);
@@ -215,6 +271,7 @@ enum Pending {
     Rcpt,
     DataEnd,
     Turn,
+    AuthLookup,
 }
 
 #[derive(Debug)]
@@ -228,6 +285,8 @@ struct Transaction {
 #[derive(Debug, PartialEq, Eq)]
 enum Phase {
     Command,
+    /// Inside an AUTH exchange: lines are SASL responses.
+    Auth,
     Data,
     /// The 220 to STARTTLS is out; waiting for the driver's handshake.
     Upgrading,
@@ -255,6 +314,14 @@ pub struct ServerSession {
     data_out: BytesMut,
     errors: usize,
     discarding_long_line: bool,
+    /// The line being discarded belongs to an AUTH exchange (500 5.5.6).
+    long_line_is_auth: bool,
+    /// The link is encrypted (set by the driver once TLS is up).
+    encrypted: bool,
+    /// Who the client authenticated as.
+    authenticated: Option<String>,
+    /// The AUTH exchange in progress.
+    sasl: Option<ServerExchange>,
     /// The last MAIL was refused. A pipelining client has already sent its
     /// RCPTs and DATA (RFC 2920); their 503s are expected, not errors.
     mail_refused: bool,
@@ -285,6 +352,10 @@ impl ServerSession {
             data_out: BytesMut::new(),
             errors: 0,
             discarding_long_line: false,
+            long_line_is_auth: false,
+            encrypted: false,
+            authenticated: None,
+            sasl: None,
             mail_refused: false,
             tls: None,
         };
@@ -295,6 +366,75 @@ impl ServerSession {
     /// The session's settings.
     pub fn config(&self) -> &ServerConfig {
         &self.config
+    }
+
+    /// Tells the session that the link below is encrypted by other means
+    /// than our own TLS (which [`handle_tls_established`] records). PLAIN
+    /// and LOGIN are offered only on an encrypted link, unless the listener
+    /// is trusted ([`ServerConfig::auth_plaintext_trusted`]).
+    ///
+    /// [`handle_tls_established`]: Self::handle_tls_established
+    pub fn set_encrypted(&mut self, encrypted: bool) {
+        self.encrypted = encrypted;
+    }
+
+    /// Whether the link is encrypted: our TLS is up, or the driver said so.
+    pub fn is_encrypted(&self) -> bool {
+        self.encrypted || self.tls.is_some()
+    }
+
+    /// The user the client authenticated as with AUTH, if it did.
+    pub fn authenticated_user(&self) -> Option<&str> {
+        self.authenticated.as_deref()
+    }
+
+    /// The mechanisms offered to this session right now: those configured,
+    /// less PLAIN and LOGIN on a link that is neither encrypted nor trusted.
+    pub fn offered_mechanisms(&self) -> Vec<Mechanism> {
+        let mut out: Vec<Mechanism> = Vec::new();
+        for &m in &self.config.auth_mechanisms {
+            if self.mechanism_allowed_here(m) && !out.contains(&m) {
+                out.push(m);
+            }
+        }
+        out
+    }
+
+    fn mechanism_allowed_here(&self, m: Mechanism) -> bool {
+        !m.sends_password() || self.is_encrypted() || self.config.auth_plaintext_trusted
+    }
+
+    /// Answers [`ServerEvent::AuthLookup`] with the user's stored credential
+    /// or with "no such user". `server_nonce` is SCRAM's server nonce, drawn
+    /// fresh from a secure random source for every exchange (e.g.
+    /// [`sasl::nonce_from_bytes`] of 18 random bytes); other mechanisms
+    /// ignore it. For PLAIN and LOGIN this runs PBKDF2 with the
+    /// credential's iteration count, which takes a while.
+    ///
+    /// A rejection ([`reject`](Self::reject)) is the other legal answer.
+    pub fn answer_auth_lookup(
+        &mut self,
+        lookup: CredentialLookup,
+        server_nonce: &str,
+    ) -> Result<(), ApiMisuse> {
+        match self.pending {
+            Some(Pending::AuthLookup) => {}
+            Some(_) => return Err(ApiMisuse::WrongAnswer),
+            None => return Err(ApiMisuse::NoDecisionPending),
+        }
+        let Some(mut exchange) = self.sasl.take() else {
+            return Err(ApiMisuse::NoDecisionPending);
+        };
+        if exchange.mechanism() == Mechanism::ScramSha256 && !sasl::is_valid_nonce(server_nonce) {
+            self.sasl = Some(exchange);
+            return Err(ApiMisuse::BadNonce);
+        }
+        self.pending = None;
+        let step = exchange.answer_lookup(lookup, server_nonce);
+        self.sasl = Some(exchange);
+        self.auth_step(step);
+        self.process();
+        Ok(())
     }
 
     /// Feeds bytes received from the client.
@@ -349,6 +489,10 @@ impl ServerSession {
         self.input.clear();
         self.discarding_long_line = false;
         self.mail_refused = false;
+        // Nothing negotiated in plaintext survives, AUTH included (RFC
+        // 3207 4.2).
+        self.sasl = None;
+        self.authenticated = None;
     }
 
     /// The TLS session, once [`handle_tls_established`](Self::handle_tls_established)
@@ -425,6 +569,7 @@ impl ServerSession {
             Some(Pending::Rcpt) => "Recipient OK",
             Some(Pending::DataEnd) => "Message accepted for delivery",
             Some(Pending::Turn) => "OK, turning around",
+            Some(Pending::AuthLookup) => return Err(ApiMisuse::WrongAnswer),
             None => return Err(ApiMisuse::NoDecisionPending),
         };
         self.accept_with(text)
@@ -433,11 +578,14 @@ impl ServerSession {
     /// Accepts the pending decision with a reply text of the application's
     /// (e.g. `"queued as 1A2B"`).
     pub fn accept_with(&mut self, text: &str) -> Result<(), ApiMisuse> {
+        if self.pending == Some(Pending::AuthLookup) {
+            return Err(ApiMisuse::WrongAnswer);
+        }
         let pending = self.pending.take().ok_or(ApiMisuse::NoDecisionPending)?;
         let enhanced = match pending {
             Pending::Mail => EnhancedCode::new(2, 1, 0),
             Pending::Rcpt => EnhancedCode::new(2, 1, 5),
-            Pending::DataEnd | Pending::Turn => EnhancedCode::new(2, 0, 0),
+            Pending::DataEnd | Pending::Turn | Pending::AuthLookup => EnhancedCode::new(2, 0, 0),
         };
         self.send(&Reply::new(ReplyCode::OK, enhanced, text));
         match pending {
@@ -460,6 +608,8 @@ impl ServerSession {
                 });
                 return Ok(());
             }
+            // Refused above, before the decision was taken.
+            Pending::AuthLookup => {}
         }
         self.process();
         Ok(())
@@ -478,6 +628,16 @@ impl ServerSession {
         match self.pending.take() {
             Some(Pending::Mail) | Some(Pending::DataEnd) => self.txn = None,
             Some(Pending::Turn) => {}
+            Some(Pending::AuthLookup) => {
+                if let Some(exchange) = self.sasl.take() {
+                    self.events.push_back(ServerEvent::AuthFailed {
+                        mechanism: exchange.mechanism(),
+                        username: exchange.username().map(str::to_string),
+                        reason: AuthFailure::Refused,
+                    });
+                }
+                self.phase = Phase::Command;
+            }
             Some(Pending::Rcpt) => {
                 if let Some(txn) = &mut self.txn {
                     txn.pending_rcpt = None;
@@ -569,13 +729,24 @@ impl ServerSession {
                         return;
                     }
                 }
+                Phase::Auth => {
+                    let Some(line) = self.next_command_line() else {
+                        return;
+                    };
+                    self.handle_sasl_line(line);
+                }
                 Phase::Command => {
                     let Some(line) = self.next_command_line() else {
                         return;
                     };
                     match line {
                         CommandLine::Ok(line) => self.handle_command_line(&line),
-                        CommandLine::TooLong => self.protocol_error(Reply::new(
+                        CommandLine::TooLong { auth: true } => self.protocol_error(Reply::new(
+                            ReplyCode::SYNTAX_ERROR,
+                            EnhancedCode::new(5, 5, 6),
+                            "Authentication exchange line is too long",
+                        )),
+                        CommandLine::TooLong { auth: false } => self.protocol_error(Reply::new(
                             ReplyCode::SYNTAX_ERROR,
                             EnhancedCode::new(5, 5, 2),
                             "Line too long",
@@ -591,10 +762,28 @@ impl ServerSession {
         }
     }
 
+    /// Whether `line` is an AUTH command line on a server that offers AUTH:
+    /// those may be as long as any line of the exchange.
+    fn is_auth_command(&self, line: &[u8]) -> bool {
+        !self.config.auth_mechanisms.is_empty()
+            && line.len() >= 5
+            && line[..5].eq_ignore_ascii_case(b"AUTH ")
+    }
+
     fn next_command_line(&mut self) -> Option<CommandLine> {
+        let in_auth = self.phase == Phase::Auth;
         let limit = self.config.max_command_line + PARAMETER_ALLOWANCE;
+        // RFC 4954 section 4: lines of an AUTH exchange may be 12,288 octets.
+        let buffer_limit = if in_auth || !self.config.auth_mechanisms.is_empty() {
+            limit.max(MAX_SASL_LINE)
+        } else {
+            limit
+        };
         let Some((len, ending, ending_len)) = find_line_end(&self.input) else {
-            if self.input.len() > limit {
+            if self.input.len() > buffer_limit {
+                if !self.discarding_long_line {
+                    self.long_line_is_auth = in_auth || self.is_auth_command(&self.input);
+                }
                 // Throw the overlong line away as it arrives, but keep a
                 // trailing CR that may start the CRLF that ends it.
                 let keep = usize::from(self.input.last() == Some(&b'\r'));
@@ -606,13 +795,17 @@ impl ServerSession {
         };
         let line = self.input.split_to(len + ending_len);
         if std::mem::take(&mut self.discarding_long_line) {
-            return Some(CommandLine::TooLong);
+            let auth = std::mem::take(&mut self.long_line_is_auth);
+            return Some(CommandLine::TooLong { auth });
         }
         let content = line.freeze().slice(..len);
+        let is_auth_line = in_auth || self.is_auth_command(&content);
         let is_mail_or_rcpt = content.len() >= 4
             && (content[..4].eq_ignore_ascii_case(b"MAIL")
                 || content[..4].eq_ignore_ascii_case(b"RCPT"));
-        let own_limit = if is_mail_or_rcpt {
+        let own_limit = if is_auth_line {
+            MAX_SASL_LINE
+        } else if is_mail_or_rcpt {
             limit
         } else {
             self.config.max_command_line
@@ -621,7 +814,7 @@ impl ServerSession {
         // is discarded above before its ending is seen, so judging it by its
         // ending here would make the reply depend on how the input was split.
         if len + 2 > own_limit {
-            return Some(CommandLine::TooLong);
+            return Some(CommandLine::TooLong { auth: is_auth_line });
         }
         if ending != LineEnding::Crlf
             && self.config.bare_line_endings == BareLineEndingPolicy::Reject
@@ -640,6 +833,7 @@ impl ServerSession {
             smtputf8: esmtp && self.config.smtputf8,
             utf8_transaction: self.txn.as_ref().is_some_and(|t| t.params.smtputf8),
             dsn: esmtp && self.config.dsn,
+            auth: esmtp && !self.offered_mechanisms().is_empty(),
         }
     }
 
@@ -704,6 +898,184 @@ impl ServerSession {
                 self.events.push_back(ServerEvent::Turn);
             }
             Command::StartTls => self.starttls(),
+            Command::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(
+                &mechanism,
+                initial_response.as_ref().map(|r| r.0.as_bytes()),
+            ),
+        }
+    }
+
+    /// AUTH (RFC 4954 section 4).
+    fn auth(&mut self, mechanism: &str, initial: Option<&[u8]>) {
+        if self.config.auth_mechanisms.is_empty() {
+            return self.protocol_error(Reply::new(
+                ReplyCode::NOT_IMPLEMENTED,
+                EnhancedCode::new(5, 5, 1),
+                "AUTH not available",
+            ));
+        }
+        if !self.helo.as_ref().is_some_and(|(_, esmtp)| *esmtp) {
+            return self.sequence_error("Send EHLO first");
+        }
+        if self.authenticated.is_some() {
+            return self.sequence_error("Already authenticated");
+        }
+        if self.txn.is_some() {
+            return self.sequence_error("AUTH not permitted during a mail transaction");
+        }
+        let Some(mechanism) =
+            Mechanism::from_name(mechanism).filter(|m| self.config.auth_mechanisms.contains(m))
+        else {
+            return self.protocol_error(Reply::new(
+                ReplyCode::PARAMETER_NOT_IMPLEMENTED,
+                EnhancedCode::new(5, 5, 4),
+                "Unrecognized authentication type",
+            ));
+        };
+        if !self.mechanism_allowed_here(mechanism) {
+            return self.reply(
+                ReplyCode::AUTH_ENCRYPTION_REQUIRED,
+                (5, 7, 11),
+                "Encryption required for requested authentication mechanism",
+            );
+        }
+        let initial = match initial.map(sasl::decode_response) {
+            None => None,
+            Some(Some(data)) => Some(data),
+            Some(None) => {
+                self.events.push_back(ServerEvent::AuthFailed {
+                    mechanism,
+                    username: None,
+                    reason: AuthFailure::Malformed,
+                });
+                return self.protocol_error(Reply::new(
+                    ReplyCode::PARAMETER_SYNTAX,
+                    EnhancedCode::new(5, 5, 2),
+                    "Cannot decode base64 initial response",
+                ));
+            }
+        };
+        debug!(%mechanism, "AUTH started");
+        let (exchange, step) = ServerExchange::start(mechanism, initial);
+        self.sasl = Some(exchange);
+        self.auth_step(step);
+    }
+
+    /// One line of an AUTH exchange.
+    fn handle_sasl_line(&mut self, line: CommandLine) {
+        let content = match line {
+            CommandLine::Ok(content) => content,
+            CommandLine::TooLong { .. } => {
+                return self.auth_failed(AuthFailure::LineTooLong, None, None)
+            }
+            CommandLine::BareEnding => {
+                return self.auth_failed(
+                    AuthFailure::Malformed,
+                    None,
+                    Some("Bare CR or LF not allowed"),
+                )
+            }
+        };
+        if &content[..] == b"*" {
+            return self.auth_failed(AuthFailure::Cancelled, None, None);
+        }
+        let Some(data) = sasl::decode_response(&content) else {
+            return self.auth_failed(
+                AuthFailure::Malformed,
+                None,
+                Some("Cannot decode base64 response"),
+            );
+        };
+        let Some(exchange) = self.sasl.as_mut() else {
+            self.phase = Phase::Command;
+            return;
+        };
+        let step = exchange.respond(data);
+        self.auth_step(step);
+    }
+
+    /// Acts on what the mechanism wants next.
+    fn auth_step(&mut self, step: ServerStep) {
+        let Some(mechanism) = self.sasl.as_ref().map(ServerExchange::mechanism) else {
+            self.phase = Phase::Command;
+            return;
+        };
+        match step {
+            ServerStep::Challenge(data) => {
+                self.phase = Phase::Auth;
+                self.send(&Reply::new(
+                    ReplyCode::AUTH_CHALLENGE,
+                    None,
+                    sasl::encode(&data),
+                ));
+            }
+            ServerStep::Lookup(username) => {
+                // Lines that arrive meanwhile stay buffered: they belong to
+                // the exchange, never to the command loop.
+                self.phase = Phase::Auth;
+                self.pending = Some(Pending::AuthLookup);
+                self.events.push_back(ServerEvent::AuthLookup {
+                    mechanism,
+                    username,
+                });
+            }
+            ServerStep::Success(username) => {
+                self.sasl = None;
+                self.phase = Phase::Command;
+                debug!(%mechanism, "AUTH succeeded");
+                self.reply(
+                    ReplyCode::AUTH_SUCCEEDED,
+                    (2, 7, 0),
+                    "Authentication successful",
+                );
+                self.authenticated = Some(username.clone());
+                self.events.push_back(ServerEvent::Authenticated {
+                    mechanism,
+                    username,
+                });
+            }
+            ServerStep::Fail(reason, username) => self.auth_failed(reason, username, None),
+        }
+    }
+
+    /// Ends the exchange with the reply for `reason`; `username` if the
+    /// mechanism knows it better than the exchange's state does.
+    fn auth_failed(&mut self, reason: AuthFailure, username: Option<String>, text: Option<&str>) {
+        self.phase = Phase::Command;
+        let Some(exchange) = self.sasl.take() else {
+            return;
+        };
+        debug!(mechanism = %exchange.mechanism(), ?reason, "AUTH failed");
+        self.events.push_back(ServerEvent::AuthFailed {
+            mechanism: exchange.mechanism(),
+            username: username.or_else(|| exchange.username().map(str::to_string)),
+            reason,
+        });
+        let e = EnhancedCode::new;
+        match reason {
+            AuthFailure::BadCredentials | AuthFailure::Refused => self.send(&Reply::new(
+                ReplyCode::AUTH_INVALID,
+                e(5, 7, 8),
+                "Authentication credentials invalid",
+            )),
+            AuthFailure::Cancelled => self.send(&Reply::new(
+                ReplyCode::PARAMETER_SYNTAX,
+                e(5, 0, 0),
+                "Authentication cancelled",
+            )),
+            AuthFailure::Malformed => self.protocol_error(Reply::new(
+                ReplyCode::PARAMETER_SYNTAX,
+                e(5, 5, 2),
+                text.unwrap_or("Malformed authentication response"),
+            )),
+            AuthFailure::LineTooLong => self.protocol_error(Reply::new(
+                ReplyCode::SYNTAX_ERROR,
+                e(5, 5, 6),
+                "Authentication exchange line is too long",
+            )),
         }
     }
 
@@ -768,6 +1140,11 @@ impl ServerSession {
             if self.config.starttls && self.tls.is_none() {
                 lines.push("STARTTLS".into());
             }
+            let mechanisms = self.offered_mechanisms();
+            if !mechanisms.is_empty() {
+                let names: Vec<&str> = mechanisms.iter().map(|m| m.name()).collect();
+                lines.push(format!("AUTH {}", names.join(" ")));
+            }
             lines.push("ENHANCEDSTATUSCODES".into());
             self.send(&Reply::multiline(ReplyCode::OK, None, lines));
         } else {
@@ -776,7 +1153,13 @@ impl ServerSession {
         self.events.push_back(ServerEvent::Greeted { name, esmtp });
     }
 
-    fn mail(&mut self, from: ReversePath, params: MailParams) {
+    fn mail(&mut self, from: ReversePath, mut params: MailParams) {
+        // RFC 4954 section 5: from a client that has not authenticated, an
+        // AUTH=<mailbox> counts as AUTH=<>. An authenticated client's value
+        // is kept; the application decides whether it trusts it.
+        if self.authenticated.is_none() && params.auth.is_some() {
+            params.auth = Some(ReversePath::Null);
+        }
         if self.txn.is_some() {
             return self.sequence_error("Nested MAIL command");
         }
@@ -922,6 +1305,9 @@ impl ServerSession {
 
 enum CommandLine {
     Ok(Bytes),
-    TooLong,
+    /// Over its limit; `auth` when it belongs to an AUTH exchange.
+    TooLong {
+        auth: bool,
+    },
     BareEnding,
 }

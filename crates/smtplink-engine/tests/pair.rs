@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use common::pair::{Decision, Pair};
 use smtplink_engine::{
-    Body, ClientConfig, ClientError, ClientEvent, ClientSession, ClientTimeout, EnhancedCode,
-    Envelope, ForwardPath, MessageError, RecipientOutcome, Reply, ReplyCode, SendError,
-    ServerConfig, ServerEvent,
+    AuthError, AuthStartError, Body, ClientConfig, ClientError, ClientEvent, ClientSession,
+    ClientTimeout, Credentials, EnhancedCode, Envelope, ForwardPath, Mechanism, MessageError,
+    RecipientOutcome, Reply, ReplyCode, SaslClientError, ScramCredential, SendError, ServerConfig,
+    ServerEvent,
 };
 
 fn server_config() -> ServerConfig {
@@ -890,4 +891,229 @@ fn greeting_refused() {
     assert_eq!(exchange(&mut c, "554 no service here\r\n"), "");
     assert!(c.is_closed());
     assert!(!c.error().unwrap().is_transient());
+}
+
+// ---- AUTH (RFC 4954) between the real client and server. ----
+
+fn auth_pair(mechanisms: &[Mechanism], encrypted: bool) -> Pair {
+    let server = ServerConfig {
+        auth_mechanisms: mechanisms.to_vec(),
+        ..server_config()
+    };
+    let mut pair = Pair::accepting(client_config(), server);
+    pair.server.set_encrypted(encrypted);
+    pair.users.push((
+        "user".into(),
+        ScramCredential::from_password("pencil", b"0123456789abcdef", 4096),
+    ));
+    pair.ready();
+    pair
+}
+
+fn auth_outcome(pair: &Pair) -> Option<Result<Mechanism, AuthError>> {
+    pair.client_events.iter().find_map(|e| match e {
+        ClientEvent::Authenticated(r) => Some(r.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn each_mechanism_authenticates_and_the_session_goes_on() {
+    for mechanism in Mechanism::ALL {
+        let mut pair = auth_pair(&[mechanism], true);
+        let chosen = pair
+            .client
+            .authenticate(&Credentials::new("user", "pencil"), true, "clientNonce42")
+            .unwrap();
+        assert_eq!(chosen, mechanism);
+        pair.drive();
+        assert_eq!(auth_outcome(&pair), Some(Ok(mechanism)), "{mechanism}");
+        assert_eq!(pair.server.authenticated_user(), Some("user"));
+        assert!(pair.server_events.contains(&ServerEvent::Authenticated {
+            mechanism,
+            username: "user".into()
+        }));
+        // The password never appears on the wire in clear with SCRAM.
+        let wire: Vec<u8> = pair
+            .server_deliveries
+            .iter()
+            .flat_map(|d| d.bytes.to_vec())
+            .collect();
+        assert!(!String::from_utf8_lossy(&wire).contains("pencil"));
+        pair.client
+            .send(
+                envelope("user@example.net", &["bob@example.org"]),
+                b"hi\r\n",
+            )
+            .unwrap();
+        pair.drive();
+        assert!(pair.reports()[0].all_accepted(), "{mechanism}");
+        pair.quit();
+    }
+}
+
+#[test]
+fn client_prefers_scram_and_keeps_passwords_off_plaintext_links() {
+    let mut pair = auth_pair(
+        &[Mechanism::Login, Mechanism::Plain, Mechanism::ScramSha256],
+        true,
+    );
+    let creds = Credentials::new("user", "pencil");
+    assert_eq!(
+        pair.client.authenticate(&creds, true, "n1").unwrap(),
+        Mechanism::ScramSha256
+    );
+    pair.drive();
+    assert_eq!(auth_outcome(&pair), Some(Ok(Mechanism::ScramSha256)));
+
+    // Only PLAIN and LOGIN offered (a trusted listener), but the client's
+    // link is not safe for passwords: nothing is sent.
+    let server = ServerConfig {
+        auth_mechanisms: vec![Mechanism::Plain, Mechanism::Login],
+        auth_plaintext_trusted: true,
+        ..server_config()
+    };
+    let mut pair = Pair::accepting(client_config(), server);
+    pair.users.push((
+        "user".into(),
+        ScramCredential::from_password("pencil", b"salt", 4096),
+    ));
+    pair.ready();
+    let sent_before = pair.server_deliveries.len();
+    let err = pair.client.authenticate(&creds, false, "n1").unwrap_err();
+    assert!(
+        matches!(&err, AuthStartError::Auth(AuthError::NoMechanism { offered, plaintext_allowed: false }) if offered == &["PLAIN", "LOGIN"]),
+        "{err:?}"
+    );
+    assert!(pair.client.poll_transmit().is_none());
+    pair.drive();
+    assert_eq!(pair.server_deliveries.len(), sent_before);
+    // Allowed: PLAIN beats LOGIN.
+    assert_eq!(
+        pair.client.authenticate(&creds, true, "n1").unwrap(),
+        Mechanism::Plain
+    );
+    pair.drive();
+    assert_eq!(auth_outcome(&pair), Some(Ok(Mechanism::Plain)));
+    // A server without AUTH: a clear error, nothing sent.
+    let mut pair = Pair::accepting(client_config(), server_config());
+    pair.ready();
+    assert!(matches!(
+        pair.client.authenticate(&creds, true, "n1"),
+        Err(AuthStartError::Auth(AuthError::NoMechanism { .. }))
+    ));
+    assert!(pair.client.poll_transmit().is_none());
+}
+
+#[test]
+fn wrong_password_and_unknown_user_are_refused_and_the_session_goes_on() {
+    for mechanism in Mechanism::ALL {
+        for (user, password) in [("user", "wrong"), ("nobody", "pencil")] {
+            let mut pair = auth_pair(&[mechanism], true);
+            pair.client
+                .authenticate(&Credentials::new(user, password), true, "abc")
+                .unwrap();
+            pair.drive();
+            let Some(Err(AuthError::Rejected(reply))) = auth_outcome(&pair) else {
+                panic!("{mechanism} {user}: {:?}", auth_outcome(&pair))
+            };
+            assert_eq!(reply.code().get(), 535);
+            assert_eq!(pair.server.authenticated_user(), None);
+            assert!(pair.client.is_ready());
+            pair.quit();
+        }
+    }
+}
+
+/// A server that says 235 without a valid ServerSignature is not the
+/// server that holds our credential: the client fails the session.
+#[test]
+fn scram_client_rejects_a_server_that_cannot_prove_itself() {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let start = |c: &mut ClientSession| {
+        exchange(c, "220 mx ESMTP\r\n");
+        exchange(c, "250-mx\r\n250 AUTH SCRAM-SHA-256\r\n");
+        c.authenticate(
+            &Credentials::new("user", "pencil"),
+            false,
+            "rOprNGfwEbeRWgbNEkqO",
+        )
+        .unwrap();
+        let line = String::from_utf8(c.poll_transmit().unwrap().to_vec()).unwrap();
+        assert_eq!(
+            line,
+            format!(
+                "AUTH SCRAM-SHA-256 {}\r\n",
+                b64("n,,n=user,r=rOprNGfwEbeRWgbNEkqO")
+            )
+        );
+        let server_first = "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+        let fin = exchange(c, &format!("334 {}\r\n", b64(server_first)));
+        assert_eq!(fin, format!("{}\r\n", b64("c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=")));
+    };
+    // 235 straight after client-final: no signature at all.
+    let mut c = ClientSession::new(client_config());
+    start(&mut c);
+    exchange(&mut c, "235 2.7.0 ok\r\n");
+    assert!(c.is_closed());
+    assert_eq!(
+        c.error(),
+        Some(&ClientError::ServerAuthentication(
+            SaslClientError::ServerSignature
+        ))
+    );
+    // A wrong signature: the client cancels, and a 235 anyway still fails.
+    let mut c = ClientSession::new(client_config());
+    start(&mut c);
+    let cancel = exchange(
+        &mut c,
+        &format!(
+            "334 {}\r\n",
+            b64("v=AAAATRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
+        ),
+    );
+    assert_eq!(cancel, "*\r\n");
+    exchange(&mut c, "235 2.7.0 ok\r\n");
+    assert!(c.is_closed());
+    assert!(!c.error().unwrap().is_transient());
+    // The right signature, then 235: authenticated.
+    let mut c = ClientSession::new(client_config());
+    start(&mut c);
+    assert_eq!(
+        exchange(
+            &mut c,
+            &format!(
+                "334 {}\r\n",
+                b64("v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
+            )
+        ),
+        "\r\n"
+    );
+    exchange(&mut c, "235 2.7.0 ok\r\n");
+    let ev = events(&mut c);
+    assert!(
+        ev.contains(&ClientEvent::Authenticated(Ok(Mechanism::ScramSha256))),
+        "{ev:?}"
+    );
+    assert!(c.is_ready());
+    // A cancelled exchange answered 501: an error event, the session goes on.
+    let mut c = ClientSession::new(client_config());
+    start(&mut c);
+    exchange(
+        &mut c,
+        &format!(
+            "334 {}\r\n",
+            b64("v=AAAATRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
+        ),
+    );
+    exchange(&mut c, "501 5.0.0 Authentication cancelled\r\n");
+    let ev = events(&mut c);
+    assert!(
+        ev.contains(&ClientEvent::Authenticated(Err(AuthError::Sasl(
+            SaslClientError::ServerSignature
+        )))),
+        "{ev:?}"
+    );
+    assert!(c.is_ready());
 }

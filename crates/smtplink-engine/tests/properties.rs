@@ -12,7 +12,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 
 use common::pair::{Decision, Pair};
-use common::transcript::{feed_split, load_all, Answer, Transcript};
+use common::transcript::{feed_split, feed_split_encrypted, load_all, Answer, Transcript};
 use smtplink_engine::data::{dot_stuff, DataDecoder, DataLimits, DataProgress};
 use smtplink_engine::{
     BareLineEndingPolicy, Body, ClientConfig, Command, DataFault, EnhancedCode, Envelope,
@@ -228,8 +228,8 @@ proptest! {
         let t = which.get(transcripts());
         let input = t.client_bytes();
         let answers = t.answers();
-        let whole = feed_split(&t.config, &input, &[], &answers);
-        let split = feed_split(&t.config, &input, &cuts_for(input.len(), &picks), &answers);
+        let whole = feed_split_encrypted(&t.config, t.encrypted, &input, &[], &answers);
+        let split = feed_split_encrypted(&t.config, t.encrypted, &input, &cuts_for(input.len(), &picks), &answers);
         same_run(&whole, &split).map_err(|e| TestCaseError::fail(format!("{}: {e}", t.name)))?;
     }
 }
@@ -239,9 +239,9 @@ fn every_transcript_fed_one_byte_at_a_time() {
     for t in transcripts() {
         let input = t.client_bytes();
         let answers = t.answers();
-        let whole = feed_split(&t.config, &input, &[], &answers);
+        let whole = feed_split_encrypted(&t.config, t.encrypted, &input, &[], &answers);
         let every: Vec<usize> = (1..input.len()).collect();
-        let bytewise = feed_split(&t.config, &input, &every, &answers);
+        let bytewise = feed_split_encrypted(&t.config, t.encrypted, &input, &every, &answers);
         if let Err(e) = same_run(&whole, &bytewise) {
             panic!("{}: {e}", t.name);
         }
@@ -526,6 +526,7 @@ const ESMTP: ParseOptions = ParseOptions {
     smtputf8: true,
     utf8_transaction: false,
     dsn: true,
+    auth: true,
 };
 
 proptest! {
@@ -717,5 +718,83 @@ proptest! {
             prop_assert!(most <= 1, "a non-pipelining server got {} commands at once", most);
         }
         pair.quit();
+    }
+}
+
+/// AUTH with arbitrary initial responses and responses (base64 of random
+/// bytes, or random text) never panics, always answers with well-formed
+/// replies, ends every exchange with one reply, and never authenticates a
+/// client that does not know the password.
+fn sasl_session_input() -> impl Strategy<Value = (usize, Option<Vec<u8>>, Vec<Vec<u8>>, bool)> {
+    use base64::Engine as _;
+    let b64 = |v: Vec<u8>| {
+        base64::engine::general_purpose::STANDARD
+            .encode(v)
+            .into_bytes()
+    };
+    let payload = prop_oneof![
+        vec(any::<u8>(), 0..200).prop_map(b64),
+        vec(any::<u8>(), 0..200),
+        Just(b"*".to_vec()),
+        Just(b"=".to_vec()),
+        Just(Vec::new()),
+    ];
+    (
+        0..3usize,
+        proptest::option::of(payload.clone()),
+        vec(payload, 0..6),
+        any::<bool>(),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+    #[test]
+    fn arbitrary_sasl_responses_never_panic((mech, initial, responses, encrypted) in sasl_session_input()) {
+        use smtplink_engine::{CredentialLookup, Mechanism, ReplyParser, ScramCredential, ServerSession};
+        let mechanism = Mechanism::ALL[mech];
+        let mut s = ServerSession::new(ServerConfig {
+            auth_mechanisms: Mechanism::ALL.to_vec(),
+            max_errors: 100,
+            ..ServerConfig::default()
+        });
+        s.set_encrypted(encrypted);
+        let mut input = b"EHLO c.example\r\nAUTH ".to_vec();
+        input.extend_from_slice(mechanism.name().as_bytes());
+        if let Some(i) = &initial {
+            input.push(b' ');
+            input.extend_from_slice(i);
+        }
+        input.extend_from_slice(b"\r\n");
+        for r in &responses {
+            input.extend_from_slice(r);
+            input.extend_from_slice(b"\r\n");
+        }
+        input.extend_from_slice(b"NOOP\r\n");
+        s.handle_input(&input);
+        let credential = ScramCredential::from_password("pencil", b"salt", 4096);
+        let mut authenticated = false;
+        loop {
+            while let Some(e) = s.poll_event() {
+                authenticated |= matches!(e, ServerEvent::Authenticated { .. });
+            }
+            if !s.wants_decision() {
+                break;
+            }
+            s.answer_auth_lookup(CredentialLookup::Found(credential.clone()), "srvnonce").unwrap();
+        }
+        prop_assert!(!authenticated, "authenticated without the password");
+        let mut out = Vec::new();
+        while let Some(b) = s.poll_transmit() {
+            out.extend_from_slice(&b);
+        }
+        let mut parser = ReplyParser::new();
+        parser.push(&out);
+        let mut replies = 0;
+        while let Some(r) = parser.next_reply().unwrap() {
+            prop_assert!(r.lines().iter().all(|l| l.len() <= 512));
+            replies += 1;
+        }
+        prop_assert!(replies >= 3, "{}", String::from_utf8_lossy(&out));
     }
 }

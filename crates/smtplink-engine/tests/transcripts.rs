@@ -63,6 +63,14 @@ transcript_tests!(
     starttls,
     starttls_injection,
     starttls_not_offered,
+    auth_scram_rfc7677,
+    auth_scram_failures,
+    auth_plain_login_encrypted,
+    auth_plain_trusted,
+    auth_refusals,
+    auth_not_offered,
+    auth_pipelining,
+    auth_line_too_long,
 );
 
 // The runner must be able to fail: a transcript that is wrong in each way
@@ -168,7 +176,13 @@ fn smuggled_commands_never_reach_the_application() {
 #[test]
 fn whole_input_in_one_write_gives_the_same_replies() {
     for t in load_all().iter().filter(|t| !t.has_driver_steps()) {
-        let (out, _) = transcript::feed_split(&t.config, &t.client_bytes(), &[], &t.answers());
+        let (out, _) = transcript::feed_split_encrypted(
+            &t.config,
+            t.encrypted,
+            &t.client_bytes(),
+            &[],
+            &t.answers(),
+        );
         let out = String::from_utf8(out).unwrap();
         let got: Vec<&str> = out.split_terminator("\r\n").collect();
         let expected: Vec<&str> = t

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use smtplink_engine::{
-    ClientConfig, ClientEvent, ClientSession, ClientTimeout, ForwardPath, MailParams, Reply,
-    ReversePath, ServerConfig, ServerEvent, ServerSession, ServerTimeout,
+    ClientConfig, ClientEvent, ClientSession, ClientTimeout, CredentialLookup, ForwardPath,
+    MailParams, Reply, ReversePath, ScramCredential, ServerConfig, ServerEvent, ServerSession,
+    ServerTimeout,
 };
 
 /// The server application's answer to a decision event.
@@ -56,7 +57,12 @@ pub struct Pair {
     current: Option<Stored>,
     /// Virtual time since the start.
     pub now: Duration,
+    /// The server application's users, for AUTH lookups (others get a decoy).
+    pub users: Vec<(String, ScramCredential)>,
 }
+
+/// The SCRAM server nonce the pair's server application uses.
+pub const SERVER_NONCE: &str = "pairServerNonce0123";
 
 /// RFC 5321 4.5.3.2 client timeouts.
 pub fn client_timeout(kind: ClientTimeout) -> Duration {
@@ -95,6 +101,7 @@ impl Pair {
             stored: Vec::new(),
             current: None,
             now: Duration::ZERO,
+            users: Vec::new(),
         }
     }
 
@@ -146,6 +153,18 @@ impl Pair {
                 self.current = None;
             }
             _ => {}
+        }
+        if let ServerEvent::AuthLookup { username, .. } = &e {
+            let lookup = match self.users.iter().find(|(u, _)| u == username) {
+                Some((_, c)) => CredentialLookup::Found(c.clone()),
+                None => CredentialLookup::NoSuchUser {
+                    decoy_salt: b"decoy salt".to_vec(),
+                    iterations: 4096,
+                },
+            };
+            self.server
+                .answer_auth_lookup(lookup, SERVER_NONCE)
+                .expect("answer lookup");
         }
         if !matches!(e, ServerEvent::DataChunk(_)) {
             self.server_events.push(e);

@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! # comment (also blank lines)
-//! #! key=value     server config, before the first step (see `apply_config`)
+//! #! key=value     server config, before the first step (see `apply_config`);
+//!                  `encrypted=true` marks the session's link encrypted
 //! C: text          the client sends `text` + CRLF (one handle_input call)
 //! C:               the client sends an empty line (CRLF)
 //! C~ text          the client sends `text` with escapes and no CRLF added:
@@ -15,6 +16,11 @@
 //!                  lines that contain the configured host name.
 //! A: accept [text]            accept the pending decision (with own text)
 //! A: reject CODE [X.Y.Z] text reject it with this reply
+//! A: credential PASSWORD SALT_B64 ITERATIONS NONCE
+//!                  answer an AuthLookup with the credential made from
+//!                  PASSWORD (NONCE: SCRAM's server nonce)
+//! A: nouser SALT_B64 ITERATIONS NONCE
+//!                  answer an AuthLookup with "no such user" and this decoy
 //! X: timeout | shutdown       the driver's timer fired / the app shuts down
 //! X: tls           the driver finished a TLS handshake (after E: StartTls)
 //! E: event         the next application event (see `describe_event`). If a
@@ -34,8 +40,8 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
 use smtplink_engine::{
-    BareLineEndingPolicy, CloseReason, EnhancedCode, Reply, ReplyCode, ServerConfig, ServerEvent,
-    ServerSession,
+    AuthFailure, BareLineEndingPolicy, CloseReason, CredentialLookup, EnhancedCode, Mechanism,
+    Reply, ReplyCode, ScramCredential, ServerConfig, ServerEvent, ServerSession,
 };
 
 /// One line of a transcript.
@@ -58,6 +64,33 @@ pub enum Answer {
     Accept,
     AcceptWith(String),
     Reject(Reply),
+    Lookup(CredentialLookup, String),
+}
+
+fn parse_lookup(spec: &str, known: bool) -> Answer {
+    use base64::Engine as _;
+    let words: Vec<&str> = spec.split(' ').collect();
+    let b64 = |s: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .expect("salt in base64")
+    };
+    let lookup = match (known, words.as_slice()) {
+        (true, [password, salt, iterations, _]) => {
+            CredentialLookup::Found(ScramCredential::from_password(
+                password,
+                &b64(salt),
+                iterations.parse().expect("iterations"),
+            ))
+        }
+        (false, [salt, iterations, _]) => CredentialLookup::NoSuchUser {
+            decoy_salt: b64(salt),
+            iterations: iterations.parse().expect("iterations"),
+        },
+        _ => panic!("bad lookup answer {spec:?}"),
+    };
+    let nonce = words.last().expect("nonce").to_string();
+    Answer::Lookup(lookup, nonce)
 }
 
 /// A parsed transcript file.
@@ -65,6 +98,8 @@ pub enum Answer {
 pub struct Transcript {
     pub name: String,
     pub config: ServerConfig,
+    /// The session's link is encrypted (`#! encrypted=true`).
+    pub encrypted: bool,
     pub steps: Vec<(usize, Step)>,
 }
 
@@ -131,6 +166,14 @@ fn apply_config(config: &mut ServerConfig, key: &str, value: &str) {
         "pipelining" => config.pipelining = parse_bool(value),
         "dsn" => config.dsn = parse_bool(value),
         "starttls" => config.starttls = parse_bool(value),
+        "auth_mechanisms" => {
+            config.auth_mechanisms = value
+                .split(',')
+                .filter(|m| !m.is_empty())
+                .map(|m| Mechanism::from_name(m.trim()).expect("mechanism name"))
+                .collect()
+        }
+        "auth_plaintext_trusted" => config.auth_plaintext_trusted = parse_bool(value),
         _ => panic!("unknown config key {key}"),
     }
 }
@@ -167,13 +210,18 @@ fn looks_enhanced(s: &str) -> bool {
 impl Transcript {
     pub fn parse(name: &str, text: &str) -> Self {
         let mut config = ServerConfig::default();
+        let mut encrypted = false;
         let mut steps = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let n = i + 1;
             if let Some(kv) = line.strip_prefix("#!") {
                 assert!(steps.is_empty(), "{name}:{n}: config after the first step");
                 let (k, v) = kv.trim().split_once('=').expect("#! key=value");
-                apply_config(&mut config, k.trim(), v.trim());
+                if k.trim() == "encrypted" {
+                    encrypted = parse_bool(v.trim());
+                } else {
+                    apply_config(&mut config, k.trim(), v.trim());
+                }
                 continue;
             }
             if line.trim().is_empty() || line.starts_with('#') {
@@ -192,6 +240,8 @@ impl Transcript {
                     None if t == "accept" => Answer::Accept,
                     Some(("accept", text)) => Answer::AcceptWith(text.to_string()),
                     Some(("reject", spec)) => Answer::Reject(parse_reply_spec(spec)),
+                    Some(("credential", spec)) => parse_lookup(spec, true),
+                    Some(("nouser", spec)) => parse_lookup(spec, false),
                     _ => panic!("{name}:{n}: bad answer {t:?}"),
                 })
             } else if let Some(t) = line.strip_prefix("X: ") {
@@ -222,6 +272,7 @@ impl Transcript {
         Transcript {
             name: name.to_string(),
             config,
+            encrypted,
             steps,
         }
     }
@@ -310,6 +361,30 @@ pub fn describe_event(e: &ServerEvent) -> String {
         ServerEvent::TransactionReset => "TransactionReset".into(),
         ServerEvent::Turn => "Turn".into(),
         ServerEvent::StartTls => "StartTls".into(),
+        ServerEvent::AuthLookup {
+            mechanism,
+            username,
+        } => format!("AuthLookup {mechanism} {username}"),
+        ServerEvent::Authenticated {
+            mechanism,
+            username,
+        } => format!("Authenticated {mechanism} {username}"),
+        ServerEvent::AuthFailed {
+            mechanism,
+            username,
+            reason,
+        } => format!(
+            "AuthFailed {mechanism} {} {}",
+            username.as_deref().unwrap_or("-"),
+            match reason {
+                AuthFailure::BadCredentials => "BadCredentials",
+                AuthFailure::Malformed => "Malformed",
+                AuthFailure::Cancelled => "Cancelled",
+                AuthFailure::LineTooLong => "LineTooLong",
+                AuthFailure::Refused => "Refused",
+                _ => "Other",
+            }
+        ),
         ServerEvent::Closed { reason } => format!(
             "Closed {}",
             match reason {
@@ -329,6 +404,7 @@ pub fn answer(session: &mut ServerSession, a: &Answer) {
         Answer::Accept => session.accept(),
         Answer::AcceptWith(t) => session.accept_with(t),
         Answer::Reject(reply) => session.reject(reply.clone()),
+        Answer::Lookup(lookup, nonce) => session.answer_auth_lookup(lookup.clone(), nonce),
     };
     r.expect("the decision was answered");
 }
@@ -400,11 +476,18 @@ impl Run<'_> {
     }
 }
 
+/// A session for `config`, its link marked encrypted or not.
+pub fn new_session(config: &ServerConfig, encrypted: bool) -> ServerSession {
+    let mut s = ServerSession::new(config.clone());
+    s.set_encrypted(encrypted);
+    s
+}
+
 /// Runs a transcript; panics with the file and line on the first mismatch.
 pub fn run(t: &Transcript) {
     let mut r = Run {
         t,
-        session: ServerSession::new(t.config.clone()),
+        session: new_session(&t.config, t.encrypted),
         output: Vec::new(),
         events: VecDeque::new(),
         body: None,
@@ -557,7 +640,18 @@ pub fn feed_split(
     splits: &[usize],
     answers: &[Answer],
 ) -> (Vec<u8>, Vec<ServerEvent>) {
-    let mut session = ServerSession::new(config.clone());
+    feed_split_encrypted(config, false, input, splits, answers)
+}
+
+/// [`feed_split`] on a link marked encrypted or not.
+pub fn feed_split_encrypted(
+    config: &ServerConfig,
+    encrypted: bool,
+    input: &[u8],
+    splits: &[usize],
+    answers: &[Answer],
+) -> (Vec<u8>, Vec<ServerEvent>) {
+    let mut session = new_session(config, encrypted);
     let mut out = Vec::new();
     let mut events: Vec<ServerEvent> = Vec::new();
     let mut answers = answers.iter();
