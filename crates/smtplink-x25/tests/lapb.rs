@@ -249,7 +249,8 @@ fn state_machine_emits_standard_frames() {
         dce.poll_event(),
         Some(LapbEvent::Data(Bytes::from_static(b"hello")))
     );
-    assert_eq!(&dce.poll_transmit(now).unwrap()[..], &[0x01, 0x21]);
+    // T2: the acknowledgement waits for an I-frame to ride on.
+    assert_eq!(dce.poll_transmit(now), None);
     // A reply piggybacks N(R)=1 on the DCE's I-frame (command from DCE: A).
     dce.send(Bytes::from_static(b"hi")).unwrap();
     assert_eq!(&dce.poll_transmit(now).unwrap()[..], b"\x03\x20hi");
@@ -450,6 +451,12 @@ struct End {
     received: Vec<Bytes>,
     events: Vec<LapbEvent>,
     next_id: u32,
+    /// Reply with one unit of `.1` bytes after every `.0` units received
+    /// (a trickle of reverse I-frames, like packet-layer acks and SMTP
+    /// replies).
+    reply: Option<(usize, usize)>,
+    /// Replies due and not yet queued.
+    replies_owed: usize,
 }
 
 impl End {
@@ -462,6 +469,8 @@ impl End {
             received: Vec::new(),
             events: Vec::new(),
             next_id: 0,
+            reply: None,
+            replies_owed: 0,
         }
     }
 
@@ -484,9 +493,23 @@ impl End {
         while let Some(ev) = self.lapb.poll_event() {
             if let LapbEvent::Data(d) = &ev {
                 self.received.push(d.clone());
+                if let Some((every, _)) = self.reply {
+                    if self.received.len().is_multiple_of(every) {
+                        self.replies_owed += 1;
+                    }
+                }
             } else {
                 self.events.push(ev);
             }
+        }
+        while let (Some((_, len)), true) = (self.reply, self.replies_owed > 0) {
+            if !self.lapb.can_send() {
+                break;
+            }
+            let unit = self.unit(len);
+            self.lapb.send(unit.clone()).unwrap();
+            self.replies_owed -= 1;
+            self.sent_units.push(unit);
         }
         while self.queued < self.total && self.lapb.can_send() {
             let len = self
@@ -514,6 +537,44 @@ struct Sim {
     done_at: Option<Duration>,
     /// Run to the time limit even when both transfers are complete.
     run_to_limit: bool,
+    /// Frames A and B handed to their lines, by kind.
+    a_tx: FrameCount,
+    b_tx: FrameCount,
+}
+
+/// Frames sent by one end, by kind.
+#[derive(Debug, Default, Clone, Copy)]
+struct FrameCount {
+    i: u64,
+    /// RR frames (polls and finals included).
+    rr: u64,
+    /// RR frames with neither P nor F: bare acknowledgements.
+    rr_plain: u64,
+    other_s: u64,
+    u: u64,
+}
+
+impl FrameCount {
+    fn count(&mut self, frame: &[u8], modulus: Modulus) {
+        match LapbFrame::parse(frame, modulus) {
+            Ok((_, LapbFrame::Info { .. })) => self.i += 1,
+            Ok((
+                _,
+                LapbFrame::Supervisory {
+                    kind: Supervisory::Rr,
+                    pf,
+                    ..
+                },
+            )) => {
+                self.rr += 1;
+                if !pf {
+                    self.rr_plain += 1;
+                }
+            }
+            Ok((_, LapbFrame::Supervisory { .. })) => self.other_s += 1,
+            _ => self.u += 1,
+        }
+    }
 }
 
 impl Sim {
@@ -529,6 +590,8 @@ impl Sim {
             enc: FrameEncoder::new(FrameConfig::default()),
             done_at: None,
             run_to_limit: false,
+            a_tx: FrameCount::default(),
+            b_tx: FrameCount::default(),
         };
         let now = sim.t0;
         sim.a.lapb.connect(now);
@@ -543,7 +606,12 @@ impl Sim {
     fn finished(&self) -> bool {
         let a_bytes: usize = self.b.received.iter().map(Bytes::len).sum();
         let b_bytes: usize = self.a.received.iter().map(Bytes::len).sum();
-        a_bytes >= self.a.total && b_bytes >= self.b.total
+        a_bytes >= self.a.total
+            && b_bytes >= self.b.total
+            && self.a.replies_owed == 0
+            && self.b.replies_owed == 0
+            && self.a.received.len() == self.b.sent_units.len()
+            && self.b.received.len() == self.a.sent_units.len()
     }
 
     /// Runs until both transfers completed or `limit` of virtual time.
@@ -563,10 +631,13 @@ impl Sim {
                 }
                 end.pump_app();
             }
+            let modulus = self.a.lapb.config().modulus;
             while let Some(f) = self.a.lapb.poll_transmit(now) {
+                self.a_tx.count(&f, modulus);
                 self.ab.transmit(self.now, f, &mut self.enc);
             }
             while let Some(f) = self.b.lapb.poll_transmit(now) {
+                self.b_tx.count(&f, modulus);
                 self.ba.transmit(self.now, f, &mut self.enc);
             }
             self.a.pump_app();
@@ -643,6 +714,7 @@ impl Sim {
             s.timeouts,
             self.b.lapb.stats().duplicates_discarded,
         );
+        println!("{name}: frames A->B {:?}, B->A {:?}", self.a_tx, self.b_tx);
     }
 }
 
@@ -958,6 +1030,137 @@ fn goodput_holds_across_seeds() {
         println!("9600 BER {ber:e} over 10 seeds: min {min:.3} mean {mean:.3}");
         assert!(min >= floor, "BER {ber}: {g:?}");
     }
+}
+
+/// One-way bulk transfer with a trickle of reverse I-frames (an 8-byte
+/// reply for every second unit, like packet-layer acknowledgements and SMTP
+/// replies): the sending end piggybacks its acknowledgements on its own
+/// I-frames instead of answering each reverse I-frame with an RR.
+#[test]
+fn trickle_of_reverse_frames_is_acknowledged_by_piggybacking() {
+    for (ber, seed, floor) in [(0.0, 40, 0.98), (1e-5, 41, 0.92), (1e-4, 42, 0.80)] {
+        let mut sim = Sim::new(LapbConfig::default(), line(960, 20, ber), 100_000, 0, seed);
+        sim.b.reply = Some((2, 8));
+        sim.run(Duration::from_secs(2000));
+        assert!(sim.finished(), "not finished at {:?}", sim.now);
+        sim.check_exactly_once();
+        sim.report(&format!("9600 BER {ber:e} trickle"));
+        let reverse_i = sim.b_tx.i;
+        assert!(reverse_i >= 40, "reverse I-frames {reverse_i}");
+        println!(
+            "BER {ber:e}: A sent {} RR ({} bare) for {} reverse I-frames; goodput {:.3}",
+            sim.a_tx.rr,
+            sim.a_tx.rr_plain,
+            reverse_i,
+            sim.goodput()
+        );
+        // Before T2, A answered every reverse I-frame with an RR. Now A
+        // always has an I-frame ready while its transfer runs, so a bare RR
+        // is owed only after its last I-frame (B's replies to the last few
+        // units) or while its window is closed; polls (RR P=1 on T1) are
+        // counted in `rr` and bounded by the timeouts.
+        assert!(
+            sim.a_tx.rr_plain <= reverse_i / 10 + 3,
+            "{} bare RR for {reverse_i} reverse I-frames",
+            sim.a_tx.rr_plain
+        );
+        let timeouts = sim.a.lapb.stats().timeouts;
+        assert!(
+            sim.a_tx.rr <= reverse_i / 10 + 3 + 2 * timeouts,
+            "{} RR for {reverse_i} reverse I-frames",
+            sim.a_tx.rr
+        );
+        assert!(sim.goodput() >= floor, "goodput {}", sim.goodput());
+    }
+}
+
+/// A peer that sends one I-frame and then nothing has it acknowledged by
+/// RR when T2 runs out, before its own T1: no retransmission, no timeout.
+#[test]
+fn lone_i_frame_is_acknowledged_within_t2() {
+    let t0 = t0();
+    let config = LapbConfig::default().with_line_rate(960);
+    // Derived T2 at 9600 baud: one 1024-byte frame takes 1.08 s, more than
+    // T1/8 = 375 ms.
+    let t2 = Duration::from_millis(375);
+    let mut a = Lapb::new(config.clone(), LapbRole::Dte);
+    let mut b = Lapb::new(config, LapbRole::Dce);
+    a.connect(t0);
+    b.handle_frame(&a.poll_transmit(t0).unwrap(), t0);
+    a.handle_frame(&b.poll_transmit(t0).unwrap(), t0);
+    let latency = Duration::from_millis(50);
+    a.send(Bytes::from_static(b"MAIL FROM:<a@b>\r\n")).unwrap();
+    let f = a.poll_transmit(t0).unwrap();
+    let t1 = t0 + latency;
+    b.handle_frame(&f, t1);
+    assert_eq!(b.poll_transmit(t1), None, "the acknowledgement waits");
+    assert_eq!(b.poll_timeout(), Some(t1 + t2));
+    assert_eq!(b.poll_transmit(t1 + t2 / 2), None);
+    let a_t1 = a.poll_timeout().unwrap();
+    let rr = b.poll_transmit(t1 + t2).unwrap();
+    assert_eq!(&rr[..], &[0x01, 0x01, 0x02]); // RR N(R)=1
+    let arrival = t1 + t2 + latency + Duration::from_millis(20);
+    assert!(arrival < a_t1, "RR at {arrival:?}, A's T1 at {a_t1:?}");
+    a.handle_frame(&rr, arrival);
+    assert!(a.poll_timeout().unwrap() >= arrival + Duration::from_secs(10));
+    assert_eq!(a.stats().timeouts, 0);
+    assert_eq!(b.stats().rr_sent, 1);
+
+    // The same through the line harness, with nothing else to send.
+    let mut sim = Sim::new(LapbConfig::default(), line(960, 20, 0.0), 40, 0, 21);
+    sim.run_to_limit = true;
+    sim.run(Duration::from_secs(8));
+    assert!(sim.finished());
+    sim.check_exactly_once();
+    assert_eq!(sim.a.lapb.stats().i_frames_sent, 1);
+    assert_eq!(sim.a.lapb.stats().i_frames_retransmitted, 0);
+    assert_eq!(sim.a.lapb.stats().timeouts, 0);
+    assert_eq!(sim.b_tx.rr_plain, 1);
+}
+
+/// Acknowledgements that must not wait for T2.
+#[test]
+fn urgent_acknowledgements_are_not_delayed() {
+    let now = t0();
+    let connect = |cfg: LapbConfig| {
+        let mut dce = Lapb::new(cfg, LapbRole::Dce);
+        dce.handle_frame(&[0x01, 0x3F], now); // SABM P=1
+        assert_eq!(&dce.poll_transmit(now).unwrap()[..], &[0x01, 0x73]);
+        dce
+    };
+    // Modulo 8, k = 4: the second unacknowledged frame (half the window)
+    // draws RR N(R)=2 at once.
+    let mut dce = connect(cfg8());
+    dce.handle_frame(b"\x01\x00a", now);
+    assert_eq!(dce.poll_transmit(now), None);
+    dce.handle_frame(b"\x01\x02b", now);
+    assert_eq!(&dce.poll_transmit(now).unwrap()[..], &[0x01, 0x41]);
+    // A repeated frame (the peer is resending): RR again at once.
+    dce.handle_frame(b"\x01\x02b", now);
+    assert_eq!(&dce.poll_transmit(now).unwrap()[..], &[0x01, 0x41]);
+    // A poll is answered with F=1 at once, covering a waiting frame.
+    dce.handle_frame(b"\x01\x04c", now);
+    assert_eq!(dce.poll_transmit(now), None);
+    dce.handle_frame(&[0x01, 0x11], now);
+    assert_eq!(&dce.poll_transmit(now).unwrap()[..], &[0x01, 0x71]);
+    assert_eq!(dce.poll_transmit(now), None, "nothing owed after F=1");
+    assert_eq!(dce.poll_timeout().map(|t| t > now), Some(true));
+    // Busy: RNR at once, even with an I-frame of our own going out.
+    dce.send(Bytes::from_static(b"x")).unwrap();
+    dce.set_receiver_busy(true);
+    let frames: Vec<_> = std::iter::from_fn(|| dce.poll_transmit(now)).collect();
+    assert!(frames.iter().any(|f| f[..] == [0x01, 0x65]), "{frames:?}");
+    // REJ (go-back-N) goes at once and carries the acknowledgement.
+    let mut rej = cfg8();
+    rej.selective_reject = false;
+    let mut dce = connect(rej);
+    dce.handle_frame(b"\x01\x00a", now);
+    dce.handle_frame(b"\x01\x04c", now);
+    assert_eq!(&dce.poll_transmit(now).unwrap()[..], &[0x01, 0x29]); // REJ N(R)=1
+    assert_eq!(dce.poll_transmit(now), None);
+    // The retransmission that fills the gap is acknowledged at once.
+    dce.handle_frame(b"\x01\x02b", now);
+    assert_eq!(&dce.poll_transmit(now).unwrap()[..], &[0x01, 0x41]);
 }
 
 #[test]
