@@ -335,10 +335,7 @@ impl Transport for X25Transport {
             return Ok(circuit.into_link(1));
         }
         if parsed.inner.scheme() == "serial" && parsed.role.is_none() {
-            return Err(TransportError::invalid_endpoint(
-                endpoint,
-                "say which end of the line this is: role=dte here and role=dce on the other end",
-            ));
+            return Err(role_required(endpoint));
         }
         let (line, scale) = self.line_for(&parsed, Role::Dte).await?;
         let circuit = line
@@ -388,10 +385,7 @@ impl Transport for X25Transport {
                 // A line we open ourselves (a serial port, or the calling
                 // end of a mem:// line): take the peer's calls on it.
                 if parsed.role.is_none() {
-                    return Err(TransportError::invalid_endpoint(
-                        endpoint,
-                        "say which end of the line this is: role=dte here and role=dce on the other end",
-                    ));
+                    return Err(role_required(endpoint));
                 }
                 // Open now, so a missing or busy device is reported at once.
                 let (line, scale) = self.line_for(&parsed, Role::Dte).await?;
@@ -478,6 +472,15 @@ async fn forward(
         }
     }
     Ok(())
+}
+
+/// A line this end opens itself has no "caller": the URL must say which
+/// end it is.
+fn role_required(endpoint: &Endpoint) -> TransportError {
+    TransportError::invalid_endpoint(
+        endpoint,
+        "say which end of the line this is: role=dte here and role=dce on the other end",
+    )
 }
 
 fn tcp_address(endpoint: &Endpoint) -> Result<String, TransportError> {
