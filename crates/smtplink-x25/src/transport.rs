@@ -518,3 +518,98 @@ impl Listener for X25Listener {
         self.local_endpoint.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use smtplink_transport::Transport;
+
+    async fn connect_error(url: &str) -> String {
+        let transport = X25Transport::new(Registry::new());
+        let endpoint = Endpoint::parse(url).unwrap();
+        transport.connect(&endpoint).await.unwrap_err().to_string()
+    }
+
+    #[tokio::test]
+    async fn bad_options_are_named() {
+        for (url, expect) in [
+            ("x25+serial:///dev/ttyS0?baud=9600", "role=dte"),
+            (
+                "x25+serial:///dev/ttyS0?baud=9600&role=both",
+                "role must be dte or dce",
+            ),
+            ("x25+mem://x?window=0", "window"),
+            (
+                "x25+mem://x?modulus=8&window=9",
+                "more than modulus 8 allows",
+            ),
+            ("x25+mem://x?frame=8", "frame must be auto"),
+            ("x25+mem://x?service=a%20b", "service"),
+            ("x25+tcp://127.0.0.1", "needs a port"),
+        ] {
+            let error = connect_error(url).await;
+            assert!(error.contains(expect), "{url}: {error}");
+        }
+    }
+
+    #[test]
+    fn inner_endpoint_keeps_only_the_inner_options() {
+        let transport = X25Transport::new(Registry::new());
+        let endpoint = Endpoint::parse(
+            "x25+serial:///dev/ttyS0?baud=9600&role=dte&service=smtp&window=16&flow=none",
+        )
+        .unwrap();
+        let parsed = transport.parse(&endpoint).unwrap();
+        assert_eq!(
+            parsed.inner.to_string(),
+            "serial:///dev/ttyS0?baud=9600&flow=none"
+        );
+        assert_eq!(parsed.key, "serial:///dev/ttyS0");
+        assert_eq!(parsed.role, Some(Role::Dte));
+        assert_eq!(parsed.config.lapb.window, 16);
+        assert_eq!(parsed.line_rate, Some(960));
+        assert_eq!(parsed.service, "smtp");
+    }
+
+    #[tokio::test]
+    async fn a_listener_on_mem_waits_for_the_peer_line_instead_of_calling_itself() {
+        let mem = smtplink_mem_free_registry();
+        let transport = X25Transport::new(mem.clone()).with_config({
+            let mut config = LineConfig::new(Role::Dte);
+            config.call_timeout = Duration::from_millis(200);
+            config
+        });
+        let endpoint = Endpoint::parse("x25+mem://line").unwrap();
+        let _listener = transport.listen(&endpoint).await.unwrap();
+        let error = transport.connect(&endpoint).await.unwrap_err().to_string();
+        assert!(error.contains("no line yet"), "{error}");
+    }
+
+    /// A registry whose `mem` transport is a minimal in-crate stand-in:
+    /// listening works, and connecting is never expected.
+    fn smtplink_mem_free_registry() -> Registry {
+        struct ListenOnly;
+        struct Never;
+        #[async_trait]
+        impl Listener for Never {
+            async fn accept(&mut self) -> Result<Link, TransportError> {
+                std::future::pending().await
+            }
+            fn local_endpoint(&self) -> Endpoint {
+                Endpoint::parse("mem://line").unwrap()
+            }
+        }
+        #[async_trait]
+        impl Transport for ListenOnly {
+            async fn connect(&self, endpoint: &Endpoint) -> Result<Link, TransportError> {
+                Err(TransportError::unsupported(endpoint, Operation::Connect))
+            }
+            async fn listen(&self, _: &Endpoint) -> Result<Box<dyn Listener>, TransportError> {
+                Ok(Box::new(Never))
+            }
+        }
+        Registry::new().with("mem", Arc::new(ListenOnly))
+    }
+}
