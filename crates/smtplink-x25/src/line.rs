@@ -79,13 +79,16 @@ impl LineConfig {
     pub fn new(role: Role) -> Self {
         let mut packet = PacketConfig::default();
         packet.modulus = crate::packet::Modulus::Mod128;
-        packet.max_packet = 1024;
+        packet.max_packet = 2048;
         packet.window = 32;
         packet.send_buffer = 64 * 1024;
         LineConfig {
             role,
             frame: FrameConfig::default(),
-            lapb: LapbConfig::default(),
+            lapb: LapbConfig {
+                max_info: 2048 + 4,
+                ..LapbConfig::default()
+            },
             packet,
             call_timeout: Duration::from_secs(60),
         }
