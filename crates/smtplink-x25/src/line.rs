@@ -594,7 +594,10 @@ impl Driver {
                     None => std::future::pending().await,
                 }
             };
+            // A fixed order (input first: it carries acknowledgements)
+            // keeps a simulated run the same for the same seed.
             tokio::select! {
+                biased;
                 read = reader.read(&mut input) => match read {
                     Ok(0) => break "the stream ended".to_owned(),
                     Ok(n) => self.received(&input[..n]),
