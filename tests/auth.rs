@@ -48,6 +48,7 @@ fn setup() -> Setup {
         // The RFC 7677 minimum keeps the test quick; the default is 100,000.
         .args(["--iterations", "4096"])
         .stdin(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
@@ -240,7 +241,8 @@ fn msmtp_tls_auth() {
 }
 
 /// A raw SMTP dialogue: each argument is a command line, or `STARTTLS`
-/// (with the handshake), `PLAIN user pass`, `DATA` (sends a short body
+/// (with the handshake), `PLAIN user pass`, `SCRAM user pass` (a
+/// SCRAM-SHA-256 client, RFC 5802/7677, in a few lines of Python), `DATA` (sends a short body
 /// and prints the reply to its end), `DRIP` (after DATA's 354, sends a
 /// byte every 0.2 s until the server answers or hangs up). Prints one
 /// line per command: the verb, the seconds the reply took, the reply's
@@ -279,6 +281,24 @@ for c in sys.argv[3:]:
         _, user, password = c.split(' ', 2)
         token = base64.b64encode(b'\0' + user.encode() + b'\0' + password.encode()).decode()
         say('AUTH', 'AUTH PLAIN ' + token)
+    elif c.startswith('SCRAM '):
+        import hashlib, hmac, os
+        _, user, password = c.split(' ', 2)
+        bare = 'n=' + user + ',r=' + base64.b64encode(os.urandom(18)).decode()
+        r = say('AUTH', 'AUTH SCRAM-SHA-256 ' + base64.b64encode(('n,,' + bare).encode()).decode())
+        if not r.startswith('334 '):
+            continue
+        first = base64.b64decode(r[4:]).decode()
+        attrs = dict(kv.split('=', 1) for kv in first.split(','))
+        salted = hashlib.pbkdf2_hmac('sha256', password.encode(), base64.b64decode(attrs['s']), int(attrs['i']))
+        client_key = hmac.new(salted, b'Client Key', 'sha256').digest()
+        without_proof = 'c=biws,r=' + attrs['r']
+        message = ','.join([bare, first, without_proof]).encode()
+        signature = hmac.new(hashlib.sha256(client_key).digest(), message, 'sha256').digest()
+        proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature))).decode()
+        r = say('SCRAM', base64.b64encode((without_proof + ',p=' + proof).encode()).decode())
+        if r.startswith('334 '):
+            say('SCRAM-END', '')
     elif c == 'DATA':
         if say('DATA', 'DATA').startswith('354'):
             say('END', 'Subject: t\r\n\r\nhello\r\n.')
@@ -513,4 +533,45 @@ fn slow_drip_is_dropped_and_nothing_stored() {
         "{:?}",
         all_files(&server.maildir())
     );
+}
+
+#[test]
+fn scram_sha_256_in_plaintext() {
+    if require_tool("python3").is_none() {
+        return;
+    }
+    let s = setup();
+    let server = s.serve(
+        Some("[auth]\nfailure_delay = 0.1\n"),
+        &["--relay-policy", "local-only"],
+    );
+    // SCRAM sends no password, so it is offered without TLS; PLAIN is not.
+    let lines = dialogue(
+        &server,
+        &s.cert,
+        &[
+            "EHLO client.test",
+            &format!("SCRAM alice {PASSWORD}"),
+            "MAIL FROM:<alice@example.org>",
+            "QUIT",
+        ],
+    );
+    let r = replies(&lines);
+    assert!(r.iter().any(|l| l.starts_with("235 2.7.0")), "{r:?}");
+    assert!(r.iter().any(|l| l.starts_with("250 2.1.0")), "{r:?}");
+    let lines = dialogue(
+        &server,
+        &s.cert,
+        &[
+            "EHLO client.test",
+            "SCRAM alice wrong",
+            "SCRAM mallory wrong",
+            "QUIT",
+        ],
+    );
+    let failures = replies(&lines)
+        .iter()
+        .filter(|l| l.starts_with("535 5.7.8"))
+        .count();
+    assert_eq!(failures, 2, "{lines:?}");
 }
