@@ -33,8 +33,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use smtplink_driver::{
-    serve_link, Backend, ClientSettings, Server, ServerSettings, SessionHandler, SessionInfo,
-    Shutdown, SmtpClient,
+    serve_link, Backend, ClientSettings, ListenerSettings, RelayPolicy, Server, ServerSettings,
+    SessionHandler, SessionInfo, Shutdown, SmtpClient,
 };
 use smtplink_engine::{ClientConfig, Envelope, Reply, ServerConfig};
 use smtplink_maildir::MaildirStore;
@@ -327,9 +327,18 @@ pub async fn run() -> Result<Report, Box<dyn Error>> {
     // Submit the message to A (its relay backend queues it in the spool)
     // over an in-memory pipe.
     let (client_link, server_link) = smtplink_mem::pipe(64 * 1024);
+    // A relays for this submitter: a session handed to `serve_link`
+    // directly is local-only unless its settings say otherwise.
+    let a_settings = ServerSettings {
+        listener: ListenerSettings {
+            relay_policy: Some(RelayPolicy::Trusted),
+            ..ListenerSettings::default()
+        },
+        ..server_settings("a.test")
+    };
     let a_session = tokio::spawn(serve_link(
         server_link,
-        Arc::new(server_settings("a.test")),
+        Arc::new(a_settings),
         Arc::new(RelayBackend::new(a_ctx.clone())),
         Shutdown::new(),
     ));

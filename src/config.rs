@@ -30,6 +30,59 @@ pub struct ConfigFile {
     pub route: Vec<RouteEntry>,
     #[serde(default)]
     pub tls: Tls,
+    /// `[auth]`: the users file and how AUTH failures are slowed down.
+    #[serde(default)]
+    pub auth: Auth,
+    /// `[[listener]]` tables: listeners with their own settings, in
+    /// addition to the plain `listen` list.
+    #[serde(default)]
+    pub listener: Vec<ListenerEntry>,
+}
+
+/// `[auth]`: SMTP AUTH (RFC 4954) for the server.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    pub users: Option<PathBuf>,
+    pub mechanisms: Option<Vec<String>>,
+    pub failure_delay: Option<f64>,
+    pub failure_delay_max: Option<f64>,
+    pub max_failures: Option<usize>,
+    pub failure_window: Option<u64>,
+}
+
+/// One `[[listener]]`: an endpoint and its own settings; unset keys take
+/// the `[limits]` defaults and the automatic relay policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerEntry {
+    pub url: String,
+    pub relay_policy: Option<String>,
+    pub require_auth: Option<bool>,
+    pub auth_plaintext: Option<bool>,
+    pub max_sessions: Option<usize>,
+    pub max_sessions_per_peer: Option<usize>,
+    pub max_commands_before_mail: Option<usize>,
+    pub min_data_rate: Option<u64>,
+    pub data_rate_window: Option<u64>,
+}
+
+/// A listener `serve` opens, with its resolved settings.
+#[derive(Debug, Clone)]
+pub struct ServeListener {
+    pub url: String,
+    pub settings: smtplink_driver::ListenerSettings,
+}
+
+/// The resolved `[auth]` section.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub users: Option<PathBuf>,
+    pub mechanisms: Vec<smtplink_engine::Mechanism>,
+    pub failure_delay: Duration,
+    pub failure_delay_max: Duration,
+    pub max_failures: usize,
+    pub failure_window: Duration,
 }
 
 /// `[tls]`: the server's certificate chain and key, PEM files.
@@ -104,6 +157,9 @@ pub struct Limits {
     pub command_line: Option<usize>,
     pub text_line: Option<usize>,
     pub bare_line_endings: Option<BareLineEndings>,
+    pub commands_before_mail: Option<usize>,
+    pub min_data_rate: Option<u64>,
+    pub data_rate_window: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -150,6 +206,14 @@ pub struct ServeConfig {
     /// `[tls] cert` and `key`: both or neither.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// `[[listener]]` tables, resolved (the `listen` list is separate).
+    pub listeners: Vec<ServeListener>,
+    /// `[limits]` defaults for every listener.
+    pub commands_before_mail: usize,
+    pub min_data_rate: u64,
+    pub data_rate_window: Duration,
+    /// `[auth]`.
+    pub auth: AuthConfig,
 }
 
 /// A configuration error, already phrased for the user.
@@ -213,8 +277,13 @@ impl ServeConfig {
                     .ok_or_else(|| missing(stringify!($($field).+)))?
             };
         }
-        let listen: Vec<String> = pick!(listen);
-        if listen.is_empty() {
+        // A file with [[listener]] tables and no `listen` list listens on
+        // those only, not on the built-in loopback port too.
+        let listen: Vec<String> = match (&file.listen, file.listener.is_empty()) {
+            (None, false) => Vec::new(),
+            _ => pick!(listen),
+        };
+        if listen.is_empty() && file.listener.is_empty() {
             return Err(ConfigError(
                 "`listen` must name at least one endpoint".into(),
             ));
@@ -294,7 +363,62 @@ impl ServeConfig {
                 .map_err(|e| ConfigError(format!("{origin}: `relay.resolver`: {e}")))?,
             tls_cert: file.tls.cert.clone(),
             tls_key: file.tls.key.clone(),
+            listeners: Vec::new(),
+            commands_before_mail: pick!(limits.commands_before_mail),
+            min_data_rate: pick!(limits.min_data_rate),
+            data_rate_window: Duration::from_secs(pick!(limits.data_rate_window)),
+            auth: AuthConfig {
+                users: file.auth.users.clone(),
+                mechanisms: pick!(auth.mechanisms)
+                    .iter()
+                    .map(|m| {
+                        smtplink_engine::Mechanism::from_name(m).ok_or_else(|| {
+                            ConfigError(format!(
+                                "{origin}: `auth.mechanisms`: unknown mechanism {m:?} \
+                                 (SCRAM-SHA-256, PLAIN, LOGIN)"
+                            ))
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+                failure_delay: secs_f64(origin, "auth.failure_delay", pick!(auth.failure_delay))?,
+                failure_delay_max: secs_f64(
+                    origin,
+                    "auth.failure_delay_max",
+                    pick!(auth.failure_delay_max),
+                )?,
+                max_failures: pick!(auth.max_failures),
+                failure_window: Duration::from_secs(pick!(auth.failure_window)),
+            },
         };
+        let mut config = config;
+        for entry in &file.listener {
+            let mut settings = config.listener_defaults();
+            if let Some(p) = &entry.relay_policy {
+                settings.relay_policy = Some(parse_relay_policy(p).map_err(|e| {
+                    ConfigError(format!("{origin}: [[listener]] {}: {e}", entry.url))
+                })?);
+            }
+            macro_rules! set {
+                ($key:ident => $field:ident) => {
+                    if let Some(v) = entry.$key {
+                        settings.$field = v;
+                    }
+                };
+            }
+            set!(require_auth => require_auth);
+            set!(auth_plaintext => auth_plaintext);
+            set!(max_sessions => max_sessions);
+            set!(max_sessions_per_peer => max_sessions_per_peer);
+            set!(max_commands_before_mail => max_commands_before_mail);
+            set!(min_data_rate => min_data_rate);
+            if let Some(w) = entry.data_rate_window {
+                settings.data_rate_window = Duration::from_secs(w);
+            }
+            config.listeners.push(ServeListener {
+                url: entry.url.clone(),
+                settings,
+            });
+        }
         if config.mx_port == 0 {
             return Err(ConfigError(format!(
                 "{origin}: `relay.mx_port` must not be 0"
@@ -306,9 +430,49 @@ impl ServeConfig {
         Ok(config)
     }
 
+    /// The settings of a listener from the `listen` list (or `--listen`):
+    /// the `[limits]` values, relay policy chosen from its endpoint.
+    pub fn listener_defaults(&self) -> smtplink_driver::ListenerSettings {
+        smtplink_driver::ListenerSettings {
+            relay_policy: None,
+            require_auth: false,
+            auth_plaintext: false,
+            max_sessions: self.sessions,
+            max_sessions_per_peer: self.sessions_per_peer,
+            max_commands_before_mail: self.commands_before_mail,
+            min_data_rate: self.min_data_rate,
+            data_rate_window: self.data_rate_window,
+        }
+    }
+
+    /// A listener that wants AUTH needs users: call once the command line
+    /// had its say (`--users`).
+    pub fn check_auth(&self) -> Result<(), ConfigError> {
+        for l in &self.listeners {
+            let wants_users = l.settings.require_auth
+                || l.settings.relay_policy == Some(smtplink_driver::RelayPolicy::Authenticated);
+            if wants_users && self.auth.users.is_none() {
+                return Err(ConfigError(format!(
+                    "listener {}: require_auth and relay policy \"authenticated\" \
+                     need a users file (`auth.users` or --users)",
+                    l.url
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks values against the RFC minimums and common sense; call again
     /// after command-line flags changed anything.
     pub fn check(&self) -> Result<(), ConfigError> {
+        for l in &self.listeners {
+            if l.settings.max_sessions == 0 || l.settings.max_sessions_per_peer == 0 {
+                return Err(ConfigError(format!(
+                    "[[listener]] {}: `max_sessions` and `max_sessions_per_peer` must be at least one",
+                    l.url
+                )));
+            }
+        }
         // The RFC minimums: a server that accepts less breaks conforming clients.
         let rules: [(&str, u64, u64, &str); 10] = [
             ("limits.sessions", self.sessions as u64, 1, "at least one"),
@@ -393,6 +557,21 @@ impl ServeConfig {
     }
 }
 
+/// Parses a relay policy name for a config key or flag.
+pub fn parse_relay_policy(name: &str) -> Result<smtplink_driver::RelayPolicy, String> {
+    smtplink_driver::RelayPolicy::from_name(name).ok_or_else(|| {
+        format!("unknown relay_policy {name:?} (local-only, authenticated, trusted)")
+    })
+}
+
+fn secs_f64(origin: &str, key: &str, value: f64) -> Result<Duration, ConfigError> {
+    Duration::try_from_secs_f64(value).map_err(|_| {
+        ConfigError(format!(
+            "{origin}: `{key}` = {value} is not a number of seconds"
+        ))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -439,6 +618,37 @@ mod tests {
             e.0.starts_with("site.toml:2: key `limits.bare_line_endings`:"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn listeners_and_auth() {
+        use smtplink_driver::RelayPolicy;
+        let c = ServeConfig::resolve("t", None).unwrap();
+        assert!(c.listeners.is_empty());
+        assert_eq!(c.commands_before_mail, 50);
+        assert_eq!(c.min_data_rate, 100);
+        assert_eq!(c.auth.mechanisms.len(), 3);
+        assert_eq!(c.auth.failure_delay, Duration::from_secs(1));
+        let f = parse(
+            "t.toml",
+            "[auth]\nusers = \"u\"\n[[listener]]\nurl = \"tcp://0.0.0.0:587\"\n\
+             relay_policy = \"authenticated\"\nrequire_auth = true\nmin_data_rate = 5\n",
+        )
+        .unwrap();
+        let c = ServeConfig::resolve("t.toml", Some(f)).unwrap();
+        // [[listener]] without `listen`: no built-in loopback listener.
+        assert!(c.listen.is_empty());
+        let l = &c.listeners[0].settings;
+        assert_eq!(l.relay_policy, Some(RelayPolicy::Authenticated));
+        assert!(l.require_auth);
+        assert_eq!((l.min_data_rate, l.max_commands_before_mail), (5, 50));
+        for bad in [
+            "[[listener]]\nurl = \"tcp://0.0.0.0:25\"\nrelay_policy = \"open\"\n",
+            "[auth]\nmechanisms = [\"CRAM-MD5\"]\n",
+        ] {
+            let f = parse("t.toml", bad).unwrap();
+            assert!(ServeConfig::resolve("t.toml", Some(f)).is_err(), "{bad}");
+        }
     }
 
     #[test]

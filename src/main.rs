@@ -5,6 +5,7 @@ mod config;
 mod linksim;
 mod passwd;
 mod queue;
+mod users;
 
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
@@ -80,6 +81,18 @@ enum Commands {
         /// The certificate's private key (PEM). Overrides `[tls] key`.
         #[arg(long, value_name = "FILE")]
         tls_key: Option<PathBuf>,
+        /// Users file for AUTH (`smtplink passwd` writes it); overrides
+        /// `[auth] users`. SIGHUP reloads it.
+        #[arg(long, value_name = "FILE")]
+        users: Option<PathBuf>,
+        /// Relay policy of the --listen listeners: local-only,
+        /// authenticated or trusted [default: trusted on loopback and
+        /// mem://, local-only elsewhere]
+        #[arg(long, value_name = "POLICY")]
+        relay_policy: Option<String>,
+        /// The --listen listeners refuse MAIL before AUTH (530 5.7.0).
+        #[arg(long)]
+        require_auth: bool,
     },
     /// Look at and act on the relay's queue (works while `serve` runs).
     Queue {
@@ -329,8 +342,14 @@ fn main() -> ExitCode {
             allow_turn,
             tls_cert,
             tls_key,
+            users,
+            relay_policy,
+            require_auth,
         } => runtime.block_on(serve(
             ServeArgs {
+                users,
+                relay_policy,
+                require_auth,
                 listen,
                 maildir,
                 hostname,
@@ -440,6 +459,9 @@ struct ServeArgs {
     allow_turn: bool,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    users: Option<PathBuf>,
+    relay_policy: Option<String>,
+    require_auth: bool,
 }
 
 async fn serve(args: ServeArgs, config_path: Option<PathBuf>) -> ExitCode {
@@ -452,6 +474,9 @@ async fn serve(args: ServeArgs, config_path: Option<PathBuf>) -> ExitCode {
         allow_turn,
         tls_cert,
         tls_key,
+        users,
+        relay_policy,
+        require_auth,
     } = args;
     // Before anything can say "listening": a Ctrl-C from then on drains.
     let mut signals = StopSignals::register();
@@ -462,9 +487,41 @@ async fn serve(args: ServeArgs, config_path: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
-    if !listen.is_empty() {
+    let cli_listeners = !listen.is_empty();
+    if cli_listeners {
+        // --listen replaces every listener of the file.
         cfg.listen = listen;
+        cfg.listeners.clear();
+    } else if relay_policy.is_some() || require_auth {
+        eprintln!("smtplink: --relay-policy and --require-auth apply to --listen listeners; give --listen");
+        return ExitCode::from(EX_CONFIG);
     }
+    if users.is_some() {
+        cfg.auth.users = users;
+    }
+    let relay_policy = match relay_policy.as_deref().map(config::parse_relay_policy) {
+        None => None,
+        Some(Ok(p)) => Some(p),
+        Some(Err(e)) => {
+            eprintln!("smtplink: --relay-policy: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    // The plain `listen` list becomes listeners with the [limits] defaults.
+    let plain: Vec<config::ServeListener> = cfg
+        .listen
+        .iter()
+        .map(|url| {
+            let mut settings = cfg.listener_defaults();
+            settings.relay_policy = relay_policy;
+            settings.require_auth = require_auth;
+            config::ServeListener {
+                url: url.clone(),
+                settings,
+            }
+        })
+        .collect();
+    cfg.listeners.splice(0..0, plain);
     if let Some(m) = maildir {
         cfg.maildir = m;
     }
@@ -478,7 +535,7 @@ async fn serve(args: ServeArgs, config_path: Option<PathBuf>) -> ExitCode {
     if tls_key.is_some() {
         cfg.tls_key = tls_key;
     }
-    if let Err(e) = cfg.check() {
+    if let Err(e) = cfg.check().and_then(|()| cfg.check_auth()) {
         eprintln!("smtplink: {e}");
         return ExitCode::from(EX_CONFIG);
     }
@@ -497,9 +554,23 @@ async fn serve(args: ServeArgs, config_path: Option<PathBuf>) -> ExitCode {
         eprintln!("smtplink: maildir {}: {e}", cfg.maildir.display());
         return ExitCode::from(EX_CONFIG);
     }
+    let user_store = match &cfg.auth.users {
+        None => None,
+        Some(path) => match users::UsersStore::load(path) {
+            Ok(store) => {
+                info!(users = %store.path().display(), "AUTH users loaded");
+                Some(Arc::new(store))
+            }
+            Err(e) => {
+                eprintln!("smtplink: users: {e}");
+                return ExitCode::from(EX_CONFIG);
+            }
+        },
+    };
     let (registry, x25) = registry_with_x25();
     let mut listeners = Vec::new();
-    for url in &cfg.listen {
+    for listener in &cfg.listeners {
+        let url = &listener.url;
         let endpoint = match parse_endpoint(url) {
             Ok(e) => e,
             Err(e) => {
@@ -509,13 +580,20 @@ async fn serve(args: ServeArgs, config_path: Option<PathBuf>) -> ExitCode {
         };
         match smtplink_tls::listen(&registry, &endpoint, server_tls.clone()).await {
             Ok(l) => {
+                let policy = listener.settings.relay_policy.unwrap_or_else(|| {
+                    smtplink_driver::RelayPolicy::default_for(&l.local_endpoint())
+                });
                 info!(
                     endpoint = %l.local_endpoint(),
                     maildir = %cfg.maildir.display(),
                     starttls = server_tls.is_some(),
+                    relay_policy = %policy,
+                    require_auth = listener.settings.require_auth,
                     "listening"
                 );
-                listeners.push(l);
+                let mut settings = listener.settings.clone();
+                settings.relay_policy = Some(policy);
+                listeners.push((l, settings));
             }
             Err(e) => {
                 eprintln!("smtplink: {e}");
@@ -549,16 +627,37 @@ async fn serve(args: ServeArgs, config_path: Option<PathBuf>) -> ExitCode {
         },
         command_timeout: cfg.command_timeout,
         data_timeout: cfg.data_timeout,
-        max_sessions: cfg.sessions,
-        max_sessions_per_peer: cfg.sessions_per_peer,
+        // Each listener has its own limits; these cap nothing more.
+        max_sessions: cfg.listeners.iter().map(|l| l.settings.max_sessions).sum(),
+        max_sessions_per_peer: cfg
+            .listeners
+            .iter()
+            .map(|l| l.settings.max_sessions_per_peer)
+            .sum(),
+        auth: user_store.clone().map(|store| {
+            let mut auth = smtplink_driver::AuthSettings::new(store);
+            auth.mechanisms = cfg.auth.mechanisms.clone();
+            auth.failure_delay = cfg.auth.failure_delay;
+            auth.failure_delay_max = cfg.auth.failure_delay_max;
+            auth.max_failures = cfg.auth.max_failures;
+            auth.failure_window = cfg.auth.failure_window;
+            auth
+        }),
         tls: server_tls
             .clone()
             .map(|t| t as Arc<dyn smtplink_transport::TlsAccept>),
         ..ServerSettings::default()
     };
-    if let Some(tls) = server_tls {
-        spawn_reload_on_hangup(tls);
-    }
+    spawn_reload_on_hangup(server_tls, user_store);
+    // Sessions after TURN run over a link we called out on, to a peer
+    // our routes name: they relay like a trusted listener.
+    let turn_settings = Arc::new(ServerSettings {
+        listener: smtplink_driver::ListenerSettings {
+            relay_policy: Some(smtplink_driver::RelayPolicy::Trusted),
+            ..cfg.listener_defaults()
+        },
+        ..settings.clone()
+    });
     let settings = Arc::new(settings);
     // The worker receives the other side's mail after TURN with the same
     // server setup; the server's backend sends held mail after TURN with
@@ -566,7 +665,7 @@ async fn serve(args: ServeArgs, config_path: Option<PathBuf>) -> ExitCode {
     let worker = spool.map(|spool| {
         Arc::new(
             Worker::new(ctx.clone(), spool, registry.clone(), worker_settings(&cfg))
-                .with_turn_server(settings.clone(), Arc::new(RelayBackend::new(ctx.clone()))),
+                .with_turn_server(turn_settings, Arc::new(RelayBackend::new(ctx.clone()))),
         )
     });
     let mut backend = RelayBackend::new(ctx.clone());
@@ -604,7 +703,7 @@ async fn serve(args: ServeArgs, config_path: Option<PathBuf>) -> ExitCode {
         warn!("sessions did not close in 5 s; exiting");
         std::process::exit(i32::from(EX_TEMPFAIL));
     });
-    server.run(listeners).await;
+    server.run_listeners(listeners).await;
     info!("stopped");
     if forced.load(std::sync::atomic::Ordering::SeqCst) {
         ExitCode::from(EX_TEMPFAIL)
@@ -615,7 +714,14 @@ async fn serve(args: ServeArgs, config_path: Option<PathBuf>) -> ExitCode {
 
 /// SIGHUP reloads the certificate and key: new handshakes use the new
 /// pair, sessions in flight keep theirs. A broken file keeps the old pair.
-fn spawn_reload_on_hangup(tls: Arc<smtplink_tls::ServerTls>) {
+/// The users file is reloaded too (a broken one keeps the old users).
+fn spawn_reload_on_hangup(
+    tls: Option<Arc<smtplink_tls::ServerTls>>,
+    users: Option<Arc<users::UsersStore>>,
+) {
+    if tls.is_none() && users.is_none() {
+        return;
+    }
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -625,14 +731,24 @@ fn spawn_reload_on_hangup(tls: Arc<smtplink_tls::ServerTls>) {
         };
         tokio::spawn(async move {
             while hangup.recv().await.is_some() {
-                if let Err(e) = tls.reload() {
-                    warn!(error = %e, "TLS reload failed; keeping the old certificate");
+                if let Some(tls) = &tls {
+                    if let Err(e) = tls.reload() {
+                        warn!(error = %e, "TLS reload failed; keeping the old certificate");
+                    }
+                }
+                if let Some(users) = &users {
+                    match users.reload() {
+                        Ok(count) => info!(users = count, "users file reloaded"),
+                        Err(e) => {
+                            warn!(error = %e, "users file reload failed; keeping the old users")
+                        }
+                    }
                 }
             }
         });
     }
     #[cfg(not(unix))]
-    let _ = tls;
+    let _ = (tls, users);
 }
 
 /// SIGINT (Ctrl-C) and SIGTERM, registered when this is made: a signal

@@ -6,8 +6,8 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use smtplink_engine::{ForwardPath, MailParams, RcptParams, Reply, ReversePath};
-use smtplink_transport::{Link, LinkInfo};
+use smtplink_engine::{CredentialLookup, ForwardPath, MailParams, RcptParams, Reply, ReversePath};
+use smtplink_transport::{Endpoint, Link, LinkInfo};
 
 /// Facts about a session, for the handler and the trace headers.
 #[derive(Debug, Clone)]
@@ -20,6 +20,106 @@ pub struct SessionInfo {
     pub helo: String,
     /// EHLO rather than HELO.
     pub esmtp: bool,
+    /// The user the client authenticated as with AUTH (RFC 4954), if any.
+    pub auth_user: Option<String>,
+    /// Whether the session is encrypted (STARTTLS or implicit TLS).
+    pub encrypted: bool,
+    /// The relay policy of the listener the session came in on.
+    pub relay_policy: RelayPolicy,
+}
+
+impl SessionInfo {
+    /// Whether this session may send mail to recipients that are not
+    /// delivered here (RFC 5321 7.1): by its listener's policy, and for
+    /// [`RelayPolicy::Authenticated`] once the client authenticated.
+    pub fn may_relay(&self) -> bool {
+        match self.relay_policy {
+            RelayPolicy::LocalOnly => false,
+            RelayPolicy::Authenticated => self.auth_user.is_some(),
+            RelayPolicy::Trusted => true,
+        }
+    }
+}
+
+/// Whom a listener relays for (RFC 5321 7.1, RFC 6409). Recipients
+/// delivered locally are accepted under every policy; the backend refuses
+/// the others with `550 5.7.1` when [`SessionInfo::may_relay`] is false.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RelayPolicy {
+    /// Local recipients only: a public port 25.
+    #[default]
+    LocalOnly,
+    /// Also relay for sessions that authenticated (submission, RFC 6409).
+    Authenticated,
+    /// Relay for anyone on this listener: a serial line to a known site,
+    /// loopback submission.
+    Trusted,
+}
+
+impl RelayPolicy {
+    /// The policy's name in configs and flags.
+    pub fn name(self) -> &'static str {
+        match self {
+            RelayPolicy::LocalOnly => "local-only",
+            RelayPolicy::Authenticated => "authenticated",
+            RelayPolicy::Trusted => "trusted",
+        }
+    }
+
+    /// The default for a listener at `endpoint`: `trusted` where only this
+    /// machine can connect (TCP on a loopback address or `localhost`,
+    /// `mem://` in-process listeners), `local-only` everywhere else
+    /// (other TCP addresses, serial and X.25 lines, and `stdio:`, which
+    /// may be a public port behind inetd).
+    pub fn default_for(endpoint: &Endpoint) -> Self {
+        let scheme = endpoint.scheme();
+        let scheme = scheme.strip_prefix("tls+").unwrap_or(scheme);
+        let loopback = match scheme {
+            "mem" => true,
+            "tcp" | "smtp" => {
+                endpoint.host_ip().is_some_and(|ip| ip.is_loopback())
+                    || endpoint
+                        .host()
+                        .is_some_and(|h| h.eq_ignore_ascii_case("localhost"))
+            }
+            _ => false,
+        };
+        if loopback {
+            RelayPolicy::Trusted
+        } else {
+            RelayPolicy::LocalOnly
+        }
+    }
+
+    /// Parses `local-only`, `authenticated` or `trusted`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "local-only" => Some(RelayPolicy::LocalOnly),
+            "authenticated" => Some(RelayPolicy::Authenticated),
+            "trusted" => Some(RelayPolicy::Trusted),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for RelayPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where AUTH finds its users: the credential for a name and the senders
+/// each user may give in MAIL FROM. Calls are quick (in memory); the
+/// driver runs the expensive PBKDF2 part off the async threads itself.
+pub trait UserStore: Send + Sync + 'static {
+    /// The answer to the engine's credential lookup: the user's stored
+    /// credential, or "no such user" with a decoy that is the same every
+    /// time for the same name.
+    fn lookup(&self, username: &str) -> CredentialLookup;
+
+    /// Whether `username` may use `address` (the MAIL FROM address,
+    /// empty for the null sender) as its sender.
+    fn may_send_as(&self, username: &str, address: &str) -> bool;
 }
 
 /// Makes a handler for each new session.

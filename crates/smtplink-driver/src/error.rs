@@ -38,6 +38,9 @@ pub enum DriverError {
     /// The backend refused the session before the greeting.
     #[error("session refused: {0}")]
     Refused(Reply),
+    /// A bug or a failed helper task (e.g. the AUTH check panicked).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl DriverError {
@@ -50,6 +53,7 @@ impl DriverError {
             DriverError::Client(e) => e.is_transient(),
             DriverError::Send(_) => false,
             DriverError::Refused(r) => !r.is_permanent(),
+            DriverError::Internal(_) => true,
         }
     }
 }

@@ -17,9 +17,11 @@ pub mod client;
 pub mod error;
 pub mod server;
 
-pub use backend::{Backend, SessionHandler, SessionInfo};
+pub use backend::{Backend, RelayPolicy, SessionHandler, SessionInfo, UserStore};
 pub use client::{ClientSettings, ClientTimeouts, SmtpClient, Turned};
 pub use error::DriverError;
-pub use server::{serve_link, Server, ServerSettings, SessionSummary, Shutdown};
+pub use server::{
+    serve_link, AuthSettings, ListenerSettings, Server, ServerSettings, SessionSummary, Shutdown,
+};
 /// Cancels a server or a session (re-exported: it is part of this API).
 pub use tokio_util::sync::CancellationToken;

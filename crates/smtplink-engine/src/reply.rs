@@ -67,6 +67,8 @@ impl ReplyCode {
     pub const AUTH_INVALID: Self = Self(535);
     /// 538 Encryption required for the requested mechanism (RFC 4954).
     pub const AUTH_ENCRYPTION_REQUIRED: Self = Self(538);
+    /// 530: authentication required (RFC 4954 section 6).
+    pub const AUTH_REQUIRED: Self = Self(530);
 
     /// Makes a code, checking the digit ranges of RFC 5321 4.2.
     pub fn new(code: u16) -> Option<Self> {

@@ -95,6 +95,12 @@ pub struct ServerConfig {
     /// Offer PLAIN and LOGIN on an unencrypted link too: only for a
     /// listener no one can listen in on (loopback, a private serial line).
     pub auth_plaintext_trusted: bool,
+    /// Most commands a client may send outside a mail transaction before
+    /// its MAIL is accepted (RSET, NOOP, HELP, VRFY, EHLO, AUTH... loops
+    /// all count; QUIT does not); the next one gets 421 4.7.0 and the
+    /// session closes. An accepted MAIL starts the count again. 0 (the
+    /// engine's default): no limit; the `smtplink` server uses 50.
+    pub max_commands_before_mail: usize,
 }
 
 /// Extra octets allowed on MAIL and RCPT lines for ESMTP parameters.
@@ -144,6 +150,7 @@ impl Default for ServerConfig {
             starttls: false,
             auth_mechanisms: Vec::new(),
             auth_plaintext_trusted: false,
+            max_commands_before_mail: 0,
         }
     }
 }
@@ -254,6 +261,9 @@ pub enum CloseReason {
     Shutdown,
     /// TURN was accepted: the link now carries a session the other way.
     Turned,
+    /// The client sent more than `max_commands_before_mail` commands
+    /// without starting a transaction.
+    TooManyCommands,
 }
 
 /// Which RFC 5321 4.5.3.2 timer the driver should run while waiting for input.
@@ -313,6 +323,8 @@ pub struct ServerSession {
     decoder: Option<DataDecoder>,
     data_out: BytesMut,
     errors: usize,
+    /// Commands outside a transaction since the last accepted MAIL.
+    commands_without_mail: usize,
     discarding_long_line: bool,
     /// The line being discarded belongs to an AUTH exchange (500 5.5.6).
     long_line_is_auth: bool,
@@ -351,6 +363,7 @@ impl ServerSession {
             decoder: None,
             data_out: BytesMut::new(),
             errors: 0,
+            commands_without_mail: 0,
             discarding_long_line: false,
             long_line_is_auth: false,
             encrypted: false,
@@ -526,6 +539,16 @@ impl ServerSession {
         }
     }
 
+    /// The application ends the session with `reply` (a 421, e.g. for a
+    /// client that sends its message too slowly): the reply is queued, a
+    /// message in progress is incomplete (drop it), and the session closes
+    /// with [`CloseReason::Shutdown`].
+    pub fn close_with_reply(&mut self, reply: Reply) {
+        if self.phase != Phase::Closed {
+            self.close_with(reply, CloseReason::Shutdown);
+        }
+    }
+
     /// Bytes to send to the client, if any.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
@@ -589,7 +612,10 @@ impl ServerSession {
         };
         self.send(&Reply::new(ReplyCode::OK, enhanced, text));
         match pending {
-            Pending::Mail => self.mail_refused = false,
+            Pending::Mail => {
+                self.mail_refused = false;
+                self.commands_without_mail = 0;
+            }
             Pending::Rcpt => {
                 if let Some(txn) = &mut self.txn {
                     if let Some(to) = txn.pending_rcpt.take() {
@@ -838,6 +864,25 @@ impl ServerSession {
     }
 
     fn handle_command_line(&mut self, line: &[u8]) {
+        let limit = self.config.max_commands_before_mail;
+        let is_quit = line.len() == 4 && line.eq_ignore_ascii_case(b"QUIT");
+        if limit > 0 && self.txn.is_none() && !is_quit {
+            self.commands_without_mail += 1;
+            if self.commands_without_mail > limit {
+                debug!(limit, "too many commands without a transaction");
+                return self.close_with(
+                    Reply::new(
+                        ReplyCode::SERVICE_NOT_AVAILABLE,
+                        EnhancedCode::new(4, 7, 0),
+                        format!(
+                            "{} Too many commands without mail, closing connection",
+                            self.config.hostname
+                        ),
+                    ),
+                    CloseReason::TooManyCommands,
+                );
+            }
+        }
         let command = match Command::parse(line, &self.parse_options()) {
             Ok(c) => c,
             Err(e) => {

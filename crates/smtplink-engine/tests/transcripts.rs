@@ -242,3 +242,56 @@ fn reply_lines_fit_in_512_octets() {
     assert!(lines[7].starts_with("501 5.1.7 Bad sender address syntax: "));
     assert!(lines[8].starts_with("555 5.5.4 Parameter X-ppp"));
 }
+
+/// `max_commands_before_mail`: NOOP/RSET loops count, the next command
+/// gets 421 4.7.0 and the session closes; an accepted MAIL resets the
+/// count, and QUIT is always answered.
+#[test]
+fn commands_before_mail_are_limited() {
+    use smtplink_engine::{CloseReason, ServerConfig, ServerEvent, ServerSession};
+    let config = ServerConfig {
+        hostname: "mx.example.org".into(),
+        max_commands_before_mail: 3,
+        ..ServerConfig::default()
+    };
+    let drain = |s: &mut ServerSession| {
+        let mut out = Vec::new();
+        while let Some(b) = s.poll_transmit() {
+            out.extend_from_slice(&b);
+        }
+        String::from_utf8(out).unwrap_or_default()
+    };
+    let mut s = ServerSession::new(config.clone());
+    s.handle_input(b"EHLO c.example\r\nNOOP\r\nRSET\r\nVRFY x\r\n");
+    let out = drain(&mut s);
+    assert!(
+        out.ends_with(
+            "421 4.7.0 mx.example.org Too many commands without mail, closing connection\r\n"
+        ),
+        "{out}"
+    );
+    assert!(s.is_closed());
+    let mut closed = None;
+    while let Some(e) = s.poll_event() {
+        if let ServerEvent::Closed { reason } = e {
+            closed = Some(reason);
+        }
+    }
+    assert_eq!(closed, Some(CloseReason::TooManyCommands));
+
+    // An accepted MAIL starts the count again; QUIT is not counted.
+    let mut s = ServerSession::new(config);
+    s.handle_input(b"EHLO c.example\r\nNOOP\r\nMAIL FROM:<a@b.example>\r\n");
+    while let Some(e) = s.poll_event() {
+        if matches!(e, ServerEvent::MailFrom { .. }) {
+            s.accept().unwrap_or_default();
+        }
+    }
+    s.handle_input(b"RSET\r\nNOOP\r\nNOOP\r\nQUIT\r\n");
+    let out = drain(&mut s);
+    assert!(!out.contains("421"), "{out}");
+    assert!(
+        out.ends_with("221 2.0.0 mx.example.org closing connection\r\n"),
+        "{out}"
+    );
+}

@@ -238,7 +238,7 @@ impl SessionHandler for RelaySession {
 
     async fn rcpt(
         &mut self,
-        _info: &SessionInfo,
+        info: &SessionInfo,
         to: &ForwardPath,
         params: &RcptParams,
     ) -> Result<(), Reply> {
@@ -256,6 +256,16 @@ impl SessionHandler for RelaySession {
                 ));
             }
             Some(RouteTarget::Local) => (true, "local".to_string()),
+            // Routed elsewhere: only for sessions the listener's relay
+            // policy lets relay (RFC 5321 7.1).
+            Some(_) if !info.may_relay() => {
+                info!(recipient = %to, policy = %info.relay_policy, authenticated = info.auth_user.is_some(), "relaying refused");
+                return Err(Reply::new(
+                    ReplyCode::MAILBOX_UNAVAILABLE,
+                    EnhancedCode::new(5, 7, 1),
+                    format!("<{to}>: Relaying denied"),
+                ));
+            }
             Some(other) if self.ctx.spool.is_some() => (false, other.to_string()),
             Some(_) => {
                 return Err(Reply::new(
@@ -288,8 +298,8 @@ impl SessionHandler for RelaySession {
         );
         // RFC 3848 / RFC 6531 protocol names for the `with` clause.
         let tls = info.link.tls.as_ref();
-        // AUTH hook: pass whether the session authenticated (ESMTPSA/ESMTPA).
-        let authenticated = false;
+        // RFC 3848: ESMTPA / ESMTPSA when the client authenticated.
+        let authenticated = info.auth_user.is_some();
         let protocol = smtplink_maildir::protocol_name(
             info.esmtp,
             tls.is_some(),

@@ -393,6 +393,7 @@ pub fn describe_event(e: &ServerEvent) -> String {
                 CloseReason::Timeout => "Timeout",
                 CloseReason::Shutdown => "Shutdown",
                 CloseReason::Turned => "Turned",
+                CloseReason::TooManyCommands => "TooManyCommands",
             }
         ),
     }
