@@ -18,7 +18,7 @@ pub mod error;
 pub mod server;
 
 pub use backend::{Backend, SessionHandler, SessionInfo};
-pub use client::{ClientSettings, ClientTimeouts, SmtpClient, Turned};
+pub use client::{ClientAuth, ClientSettings, ClientTimeouts, SmtpClient, Turned};
 pub use error::DriverError;
 pub use server::{serve_link, Server, ServerSettings, SessionSummary, Shutdown};
 /// Cancels a server or a session (re-exported: it is part of this API).
