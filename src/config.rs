@@ -126,6 +126,90 @@ pub struct RouteEntry {
     /// The name the next hop's certificate must carry (default: the
     /// endpoint's host, else the route's domain).
     pub tls_name: Option<String>,
+    /// AUTH (RFC 4954) user name at this route's next hops.
+    pub auth_user: Option<String>,
+    /// A file holding the AUTH password (one line), so that the secret is
+    /// not in the config file.
+    pub auth_password_file: Option<PathBuf>,
+    /// The AUTH password inline (discouraged: the config file then holds
+    /// a secret).
+    pub auth_password: Option<String>,
+    /// The link is private (a serial line between two known sites): PLAIN
+    /// and LOGIN may go without TLS, and TLS is not required by default.
+    #[serde(default)]
+    pub auth_trusted_link: bool,
+}
+
+/// Reads a password file: its first line, without the line end. An empty
+/// password is refused. Warns when the file is readable by others.
+pub fn read_password_file(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(
+                    file = %path.display(),
+                    "password file is readable by group or others; chmod 600 it"
+                );
+            }
+        }
+    }
+    let password = text.lines().next().unwrap_or("").to_string();
+    if password.is_empty() {
+        return Err("the first line (the password) is empty".into());
+    }
+    Ok(password)
+}
+
+impl RouteEntry {
+    /// The route's AUTH settings, or `None` when it has no `auth_user`.
+    fn auth(&self, origin: &str) -> Result<Option<smtplink_driver::ClientAuth>, ConfigError> {
+        let err = |key: &str, e: &str| {
+            ConfigError(format!(
+                "{origin}: [[route]] {}: key `route.{key}`: {e}",
+                self.domain
+            ))
+        };
+        let Some(user) = &self.auth_user else {
+            for (set, key) in [
+                (self.auth_password_file.is_some(), "auth_password_file"),
+                (self.auth_password.is_some(), "auth_password"),
+                (self.auth_trusted_link, "auth_trusted_link"),
+            ] {
+                if set {
+                    return Err(err(key, "needs `auth_user` in the same [[route]]"));
+                }
+            }
+            return Ok(None);
+        };
+        if user.is_empty() {
+            return Err(err("auth_user", "must not be empty"));
+        }
+        let password = match (&self.auth_password_file, &self.auth_password) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "auth_password",
+                    "set either `auth_password_file` or `auth_password`, not both",
+                ))
+            }
+            (Some(file), None) => read_password_file(file)
+                .map_err(|e| err("auth_password_file", &format!("{}: {e}", file.display())))?,
+            (None, Some(p)) if !p.is_empty() => p.clone(),
+            (None, Some(_)) => return Err(err("auth_password", "must not be empty")),
+            (None, None) => {
+                return Err(err(
+                    "auth_user",
+                    "needs `auth_password_file` (or `auth_password`)",
+                ))
+            }
+        };
+        Ok(Some(smtplink_driver::ClientAuth {
+            credentials: smtplink_engine::Credentials::new(user.clone(), password),
+            trusted_link: self.auth_trusted_link,
+        }))
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -332,8 +416,15 @@ impl ServeConfig {
                         .map_err(|e| {
                             ConfigError(format!("{origin}: [[route]] {}: {e}", r.domain))
                         })?;
-                    if let Some(policy) = r.tls {
-                        route.tls.policy = policy.into();
+                    route.auth = r.auth(origin)?;
+                    match (r.tls, &route.auth) {
+                        (Some(policy), _) => route.tls.policy = policy.into(),
+                        // Credentials travel only inside TLS unless the
+                        // link itself is trusted.
+                        (None, Some(auth)) if !auth.trusted_link => {
+                            route.tls.policy = smtplink_engine::TlsPolicy::Required
+                        }
+                        (None, _) => {}
                     }
                     if let Some(trust) = &r.tls_trust {
                         trust.parse::<smtplink_tls::Trust>().map_err(|e| {

@@ -132,9 +132,10 @@ enum Commands {
         file: Option<PathBuf>,
         /// STARTTLS: none, opportunistic (when offered) or required (a
         /// server without it gets nothing; exit 75). A tls+ server URL
-        /// uses implicit TLS instead.
-        #[arg(long, value_name = "POLICY", default_value = "opportunistic")]
-        tls: String,
+        /// uses implicit TLS instead. [default: opportunistic; required
+        /// with --auth-user, unless --auth-trusted-link]
+        #[arg(long, value_name = "POLICY")]
+        tls: Option<String>,
         /// Whom to trust: system, pem:FILE, pin:sha256:HEX or any
         /// [default: any for opportunistic, system otherwise]
         #[arg(long, value_name = "TRUST")]
@@ -143,6 +144,19 @@ enum Commands {
         /// server URL's host, else localhost]
         #[arg(long, value_name = "NAME")]
         tls_name: Option<String>,
+        /// Authenticate (AUTH, RFC 4954) as USER: SCRAM-SHA-256 when
+        /// offered, else PLAIN or LOGIN inside TLS. The password comes from
+        /// --auth-password-file, else the SMTPLINK_PASSWORD environment
+        /// variable. A refused login (535) exits 1, a temporary one 75.
+        #[arg(long, value_name = "USER")]
+        auth_user: Option<String>,
+        /// A file whose first line is the AUTH password.
+        #[arg(long, value_name = "FILE", requires = "auth_user")]
+        auth_password_file: Option<PathBuf>,
+        /// The link is private (e.g. a serial line to a known site): allow
+        /// PLAIN/LOGIN without TLS and do not require TLS by default.
+        #[arg(long, requires = "auth_user")]
+        auth_trusted_link: bool,
     },
     /// Write a self-signed certificate and key (PEM) for NAME (and more
     /// names), for tests and small sites; prints its pin:sha256: trust.
@@ -376,18 +390,36 @@ fn main() -> ExitCode {
             tls,
             tls_trust,
             tls_name,
-        } => runtime.block_on(send(
-            server,
-            from,
-            to,
-            helo,
-            file,
-            SendTls {
-                policy: tls,
-                trust: tls_trust,
-                name: tls_name,
-            },
-        )),
+            auth_user,
+            auth_password_file,
+            auth_trusted_link,
+        } => {
+            let auth = match send_auth(auth_user, auth_password_file, auth_trusted_link) {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("smtplink: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            // Credentials go only inside TLS unless the link is trusted.
+            let default_policy = match &auth {
+                Some(a) if !a.trusted_link => "required",
+                _ => "opportunistic",
+            };
+            runtime.block_on(send(
+                server,
+                from,
+                to,
+                helo,
+                file,
+                SendTls {
+                    policy: tls.unwrap_or_else(|| default_policy.into()),
+                    trust: tls_trust,
+                    name: tls_name,
+                },
+                auth,
+            ))
+        }
         Commands::GenCert { names, cert, key } => {
             match smtplink_tls::write_self_signed(&names, &cert, &key) {
                 Ok(pin) => {
@@ -903,6 +935,42 @@ impl SendTls {
     }
 }
 
+/// Environment variable `send` takes the AUTH password from when no
+/// `--auth-password-file` is given.
+const PASSWORD_ENV: &str = "SMTPLINK_PASSWORD";
+
+/// `send`'s credentials from its flags (the password from a file or
+/// [`PASSWORD_ENV`], never from the command line, where `ps` shows it).
+fn send_auth(
+    user: Option<String>,
+    password_file: Option<PathBuf>,
+    trusted_link: bool,
+) -> Result<Option<smtplink_driver::ClientAuth>, String> {
+    let Some(user) = user else {
+        return Ok(None);
+    };
+    if user.is_empty() {
+        return Err("--auth-user: must not be empty".into());
+    }
+    let password = match password_file {
+        Some(path) => config::read_password_file(&path)
+            .map_err(|e| format!("--auth-password-file {}: {e}", path.display()))?,
+        None => match std::env::var(PASSWORD_ENV) {
+            Ok(p) if !p.is_empty() => p,
+            _ => {
+                return Err(format!(
+                "--auth-user needs --auth-password-file FILE or {PASSWORD_ENV} in the environment"
+            ))
+            }
+        },
+    };
+    Ok(Some(smtplink_driver::ClientAuth {
+        credentials: smtplink_engine::Credentials::new(user, password),
+        trusted_link,
+    }))
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn send(
     server: String,
     from: String,
@@ -910,6 +978,7 @@ async fn send(
     helo: Option<String>,
     file: Option<PathBuf>,
     tls: SendTls,
+    auth: Option<smtplink_driver::ClientAuth>,
 ) -> ExitCode {
     let raw = match &file {
         Some(path) => std::fs::read(path).map_err(|e| format!("{}: {e}", path.display())),
@@ -964,6 +1033,7 @@ async fn send(
             ..ClientConfig::default()
         },
         tls: connector.clone(),
+        auth,
         ..ClientSettings::default()
     };
     let fail = |e: &dyn std::fmt::Display, transient: bool| {

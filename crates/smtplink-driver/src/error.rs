@@ -2,7 +2,7 @@
 
 use std::io;
 
-use smtplink_engine::{ClientError, Reply, SendError};
+use smtplink_engine::{AuthError, ClientError, Reply, SendError};
 use smtplink_transport::TransportError;
 use thiserror::Error;
 
@@ -35,6 +35,11 @@ pub enum DriverError {
     /// link is unusable; transient (retry later), never a plaintext fallback.
     #[error("{0}")]
     Tls(TransportError),
+    /// AUTH failed: nothing usable offered (no credentials were sent), the
+    /// server refused them (535 permanent, 454 temporary, RFC 4954 6), or
+    /// the exchange broke off.
+    #[error("authentication: {0}")]
+    Auth(AuthError),
     /// The backend refused the session before the greeting.
     #[error("session refused: {0}")]
     Refused(Reply),
@@ -52,6 +57,11 @@ impl DriverError {
             DriverError::Tls(_) => true,
             DriverError::Client(e) => e.is_transient(),
             DriverError::Send(_) => false,
+            // A refusal is as permanent as its code says (535 bad
+            // credentials: retrying the same ones cannot help); no usable
+            // mechanism or a broken exchange may be fixed on the server.
+            DriverError::Auth(AuthError::Rejected(r)) => !r.is_permanent(),
+            DriverError::Auth(_) => true,
             DriverError::Refused(r) => !r.is_permanent(),
             DriverError::Internal(_) => true,
         }

@@ -18,7 +18,7 @@ pub mod error;
 pub mod server;
 
 pub use backend::{Backend, RelayPolicy, SessionHandler, SessionInfo, UserStore};
-pub use client::{ClientSettings, ClientTimeouts, SmtpClient, Turned};
+pub use client::{ClientAuth, ClientSettings, ClientTimeouts, SmtpClient, Turned};
 pub use error::DriverError;
 pub use server::{
     serve_link, AuthSettings, ListenerSettings, Server, ServerSettings, SessionSummary, Shutdown,

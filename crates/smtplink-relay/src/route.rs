@@ -103,6 +103,8 @@ pub struct Route {
     pub turn: bool,
     /// How to use TLS towards this route's next hops.
     pub tls: RouteTls,
+    /// Credentials for AUTH (RFC 4954) at this route's next hops.
+    pub auth: Option<smtplink_driver::ClientAuth>,
 }
 
 /// A route's TLS settings for its next hops.
@@ -140,6 +142,7 @@ impl Route {
             target,
             turn,
             tls: RouteTls::default(),
+            auth: None,
         })
     }
 }
@@ -195,6 +198,7 @@ impl Default for RoutingTable {
                 target: RouteTarget::Local,
                 turn: false,
                 tls: RouteTls::default(),
+                auth: None,
             }],
         }
     }
@@ -236,6 +240,14 @@ impl RoutingTable {
             .find(|r| r.target == *target)
             .map(|r| r.tls.clone())
             .unwrap_or_default()
+    }
+
+    /// The AUTH credentials of the first route with this target, if any.
+    pub fn auth_for(&self, target: &RouteTarget) -> Option<smtplink_driver::ClientAuth> {
+        self.routes
+            .iter()
+            .find(|r| r.target == *target)
+            .and_then(|r| r.auth.clone())
     }
 
     /// Whether any route needs the relay machinery (not only local).

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use smtplink_driver::CancellationToken;
 use smtplink_driver::{
-    Backend, ClientSettings, DriverError, ServerSettings, Shutdown, SmtpClient, Turned,
+    Backend, ClientAuth, ClientSettings, DriverError, ServerSettings, Shutdown, SmtpClient, Turned,
 };
 use smtplink_engine::TlsPolicy;
 use smtplink_engine::{
@@ -363,7 +363,9 @@ impl HopWorker {
                 let target = RouteTarget::Via(urls.clone());
                 let turn = self.ctx.routes.turns_around(&target);
                 let tls = self.ctx.routes.tls_for(&target);
-                self.deliver_smtp(&urls, items, turn, &tls, None).await
+                let auth = self.ctx.routes.auth_for(&target);
+                self.deliver_smtp(&urls, items, turn, &tls, auth.as_ref(), None)
+                    .await
             }
             // Held mail leaves only when the peer calls and says TURN.
             RouteTarget::Hold => Vec::new(),
@@ -430,7 +432,8 @@ impl HopWorker {
             Ok(urls) => {
                 info!(?urls, "mail exchangers");
                 let tls = self.ctx.routes.tls_for(&RouteTarget::Mx);
-                self.deliver_smtp(&urls, items, false, &tls, Some(domain))
+                let auth = self.ctx.routes.auth_for(&RouteTarget::Mx);
+                self.deliver_smtp(&urls, items, false, &tls, auth.as_ref(), Some(domain))
                     .await
             }
             Err(e) if e.is_permanent() => {
@@ -445,15 +448,18 @@ impl HopWorker {
     }
 
     /// The client settings for one endpoint of a route: its STARTTLS
-    /// policy and, unless TLS is off, a connector for the name to check.
+    /// policy and, unless TLS is off, a connector for the name to check;
+    /// its AUTH credentials, if any.
     fn client_settings(
         &self,
         endpoint: &Endpoint,
         tls: &RouteTls,
+        auth: Option<&ClientAuth>,
         domain: Option<&str>,
     ) -> Result<ClientSettings, String> {
         let mut settings = self.settings.client.clone();
         settings.engine.tls = tls.policy;
+        settings.auth = auth.cloned();
         let implicit = endpoint.scheme().starts_with(smtplink_tls::IMPLICIT_PREFIX);
         if tls.policy == TlsPolicy::None && !implicit {
             settings.tls = None;
@@ -479,6 +485,7 @@ impl HopWorker {
         &self,
         urls: &[String],
         tls: &RouteTls,
+        auth: Option<&ClientAuth>,
         domain: Option<&str>,
     ) -> Result<SmtpClient, String> {
         let mut last = String::from("no endpoint");
@@ -490,7 +497,7 @@ impl HopWorker {
                     continue;
                 }
             };
-            let settings = match self.client_settings(&endpoint, tls, domain) {
+            let settings = match self.client_settings(&endpoint, tls, auth, domain) {
                 Ok(s) => s,
                 Err(e) => {
                     last = format!("{url}: TLS settings: {e}");
@@ -528,9 +535,15 @@ impl HopWorker {
         items: HopItems,
         turn: bool,
         tls: &RouteTls,
+        auth: Option<&ClientAuth>,
         domain: Option<&str>,
     ) -> Outcomes {
-        let client = match self.connect(urls, tls, domain).await {
+        // Any failure here defers, a 535 to AUTH included: it condemns
+        // this route's credentials, not the messages (RFC 4954 6 is about
+        // the AUTH command), so mail waits for the operator to fix them and
+        // bounces only after `give_up`, as Postfix's
+        // smtp_sasl_auth_soft_bounce does by default.
+        let client = match self.connect(urls, tls, auth, domain).await {
             Ok(c) => c,
             Err(e) => return defer_all(items, &e),
         };
