@@ -575,3 +575,43 @@ fn scram_sha_256_in_plaintext() {
         .count();
     assert_eq!(failures, 2, "{lines:?}");
 }
+
+/// Our own client and server end to end: `smtplink send` with credentials
+/// and no TLS logs in to `serve --users` with SCRAM-SHA-256 (the one
+/// mechanism that sends no password, so allowed in plaintext), the server
+/// proves it knows the credential too, and the trace says ESMTPA.
+#[test]
+fn smtplink_client_to_smtplink_server_with_scram() {
+    let s = setup();
+    let server = s.serve(None, &["--relay-policy", "authenticated"]);
+    let work = tempfile::tempdir().unwrap();
+    let password = work.path().join("pw");
+    std::fs::write(&password, format!("{PASSWORD}\n")).unwrap();
+    let out = smtplink()
+        .args([
+            "send",
+            "--server",
+            &server.url(),
+            "--from",
+            "alice@example.org",
+        ])
+        .args([
+            "--to",
+            "bob@mx.test",
+            "--auth-user",
+            "alice",
+            "--tls",
+            "none",
+        ])
+        .arg("--auth-password-file")
+        .arg(&password)
+        .arg(message_file(work.path()))
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains(PASSWORD), "the password was logged");
+    let trace = delivered_trace(&server, "bob@mx.test");
+    assert!(trace.contains("with ESMTPA"), "{trace}");
+}
