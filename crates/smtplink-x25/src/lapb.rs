@@ -95,7 +95,8 @@
 //!   `L/(L+o) * (1-ber)^(8(L+o))` (o = per-frame overhead), clamped to
 //!   `min_info..=max_info`, with exponential forgetting (about 256 frames)
 //!   and 12% hysteresis. It starts at a quarter of `max_info` and grows at
-//!   most by doubling after 8 transmissions in a row without a loss; it
+//!   most by doubling once the bits of 8 frames of the current size have
+//!   gone out in a row without a loss (short frames count for little); it
 //!   shrinks at once.
 //!
 //! # Deviations from LAPB
@@ -167,8 +168,10 @@ const MIN_RTO: Duration = Duration::from_millis(100);
 const LOSS_HORIZON: f64 = 256.0;
 /// Pseudo-count of loss-free frames the estimator starts with.
 const LOSS_PRIOR: f64 = 4.0;
-/// The preferred size grows (at most doubling) only after this many I-frame
-/// transmissions in a row without a loss.
+/// The preferred size grows (at most doubling) only after the bits of this
+/// many I-frames of the current size have gone out in a row without a loss.
+/// Counted in bits, not frames: a run of short frames (acknowledgements,
+/// commands) says little about a long one.
 const GROWTH_RUN: u32 = 8;
 /// The preferred size changes only when the optimum moves by more than this
 /// fraction.
@@ -396,6 +399,8 @@ pub struct LapbStats {
     pub i_frames_retransmitted: u64,
     /// Information bytes in I-frames sent, retransmissions included.
     pub info_bytes_sent: u64,
+    /// Information bytes in retransmitted I-frames.
+    pub info_bytes_retransmitted: u64,
     /// REJ frames sent.
     pub rej_sent: u64,
     /// REJ frames received.
@@ -706,8 +711,8 @@ struct SizeEstimator {
     /// Decayed sum of their wire lengths in bits.
     bits: f64,
     current: usize,
-    /// Transmissions since the last loss or size change.
-    clean_run: u32,
+    /// Wire bits of the transmissions since the last loss or size change.
+    clean_run: f64,
 }
 
 impl SizeEstimator {
@@ -722,12 +727,12 @@ impl SizeEstimator {
             current: (config.max_info / 4)
                 .max(config.min_info)
                 .min(config.max_info),
-            clean_run: 0,
+            clean_run: 0.0,
         }
     }
 
     fn on_transmit(&mut self, wire_len: usize) {
-        self.clean_run = self.clean_run.saturating_add(1);
+        self.clean_run += 8.0 * wire_len as f64;
         let keep = 1.0 - 1.0 / LOSS_HORIZON;
         self.tx = self.tx * keep + 1.0;
         self.lost *= keep;
@@ -735,7 +740,7 @@ impl SizeEstimator {
     }
 
     fn on_loss(&mut self) {
-        self.clean_run = 0;
+        self.clean_run = 0.0;
         self.lost += 1.0;
     }
 
@@ -768,10 +773,12 @@ impl SizeEstimator {
         let cur = self.current as f64;
         if (want as f64) < cur * (1.0 - SIZE_HYSTERESIS) {
             self.current = want;
-            self.clean_run = 0;
-        } else if (want as f64) > cur * (1.0 + SIZE_HYSTERESIS) && self.clean_run >= GROWTH_RUN {
+            self.clean_run = 0.0;
+        } else if (want as f64) > cur * (1.0 + SIZE_HYSTERESIS)
+            && self.clean_run >= f64::from(GROWTH_RUN) * 8.0 * (cur + overhead as f64)
+        {
             self.current = want.min(self.current.saturating_mul(2));
-            self.clean_run = 0;
+            self.clean_run = 0.0;
         }
     }
 }
@@ -814,6 +821,8 @@ struct Poll {
 #[derive(Debug, Clone, Copy)]
 struct SrejState {
     sent_at: Instant,
+    /// When the first SREJ for the frame went.
+    first_sent_at: Instant,
     count: u32,
 }
 
@@ -838,6 +847,8 @@ pub struct Lapb {
     peer_busy: bool,
     tx_serial: u64,
     wire_free: Option<Instant>,
+    /// The last frame handed out was an I-frame (the one with `tx_serial`).
+    last_out_i: bool,
     // Receiving.
     vr: u8,
     rx_buf: Vec<Option<Bytes>>,
@@ -912,6 +923,7 @@ impl Lapb {
             peer_busy: false,
             tx_serial: 0,
             wire_free: None,
+            last_out_i: false,
             vr: 0,
             rx_buf: vec![None; m],
             srej: vec![None; m],
@@ -1009,6 +1021,39 @@ impl Lapb {
             if self.state == LinkState::Connected {
                 self.ack_now();
             }
+        }
+    }
+
+    /// Tells the link that layer 1 put `extra` more bytes on the line for
+    /// the frame just taken from [`Lapb::poll_transmit`] than
+    /// [`FRAMING_OVERHEAD`] allows for (escaped bytes), so that pacing and
+    /// the timers follow the line. Without it the estimate of when our
+    /// frames leave falls behind the line by one byte time per escape, and
+    /// on a line kept busy that adds up (about a second over 1 MB at 9600
+    /// baud): frames then queue ahead of the wire, round trips look longer
+    /// and retransmissions wait behind them.
+    pub fn add_wire_bytes(&mut self, extra: usize) {
+        let Some(rate) = self.config.line_rate else {
+            return;
+        };
+        if extra == 0 {
+            return;
+        }
+        let d = Duration::from_secs_f64(extra as f64 / f64::from(rate));
+        if let Some(w) = self.wire_free.as_mut() {
+            *w += d;
+        }
+        if !self.last_out_i {
+            return;
+        }
+        let serial = self.tx_serial;
+        if let Some(slot) = self
+            .outstanding
+            .iter_mut()
+            .rev()
+            .find(|s| s.serial == serial && s.transmissions > 0)
+        {
+            slot.tx_done += d;
         }
     }
 
@@ -1213,6 +1258,7 @@ impl Lapb {
     /// Counts a frame going out and advances the pacing clock.
     fn account(&mut self, frame: Bytes, now: Instant) -> Bytes {
         self.stats.frames_sent += 1;
+        self.last_out_i = false;
         if self.config.line_rate.is_some() {
             let start = self.after_backlog(now);
             self.wire_free = Some(start + self.wire_time(frame.len()));
@@ -1260,9 +1306,11 @@ impl Lapb {
         self.stats.info_bytes_sent += unit.len() as u64;
         if retransmission {
             self.stats.i_frames_retransmitted += 1;
+            self.stats.info_bytes_retransmitted += unit.len() as u64;
         }
         let wire_len = frame.len() + FRAMING_OVERHEAD;
         let frame = self.account(frame, now);
+        self.last_out_i = true;
         let tx_done = self.after_backlog(now);
         if let Some(slot) = self.outstanding.get_mut(offset) {
             slot.pending = false;
@@ -1919,9 +1967,16 @@ impl Lapb {
     /// Frame `seq` has arrived: a round-trip sample if it was asked for once.
     fn note_filled(&mut self, seq: u8, now: Instant) {
         if let Some(state) = self.srej.get_mut(usize::from(seq)).and_then(Option::take) {
+            let since = now.saturating_duration_since(state.sent_at);
             if state.count == 1 {
+                self.srej_rtt.sample(since);
+            } else if state.count == 2 && self.srej_rtt.min.is_some_and(|m| since < m) {
+                // Too soon to answer the repeated SREJ: it answers the
+                // first, which was repeated too early. Without this sample
+                // only the round trips shorter than the timeout would
+                // count, and a timeout that is too short would stay so.
                 self.srej_rtt
-                    .sample(now.saturating_duration_since(state.sent_at));
+                    .sample(now.saturating_duration_since(state.first_sent_at));
             }
         }
     }
@@ -1937,7 +1992,15 @@ impl Lapb {
         self.ctrl.push_back(f);
         let sent_at = self.after_backlog(now) + self.wire_time(self.overhead);
         if let Some(slot) = self.srej.get_mut(usize::from(seq)) {
-            *slot = Some(SrejState { sent_at, count });
+            let first_sent_at = match slot {
+                Some(s) if count > 1 => s.first_sent_at,
+                _ => sent_at,
+            };
+            *slot = Some(SrejState {
+                sent_at,
+                first_sent_at,
+                count,
+            });
         }
     }
 

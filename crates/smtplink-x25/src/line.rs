@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::error::X25Error;
 use crate::framing::{DecodeStats, FrameConfig, FrameDecoder, FrameEncoder};
-use crate::lapb::{Lapb, LapbConfig, LapbEvent, LapbRole, LapbStats};
+use crate::lapb::{Lapb, LapbConfig, LapbEvent, LapbRole, LapbStats, FRAMING_OVERHEAD};
 use crate::packet::{
     CircuitId, CircuitStats, CloseReason, PacketConfig, PacketEvent, PacketLayer, PacketRole,
 };
@@ -806,10 +806,14 @@ impl Driver {
                     let Some(frame) = lapb.poll_transmit(now) else {
                         break;
                     };
+                    let before = self.out.len();
                     if let Err(e) = self.encoder.encode_into(&frame, &mut self.out) {
                         tracing::warn!(error = %e, "x25: cannot frame a link-layer frame");
                         continue;
                     }
+                    // Escapes: the link layer paces by what the line carries.
+                    let written = self.out.len() - before;
+                    lapb.add_wire_bytes(written.saturating_sub(frame.len() + FRAMING_OVERHEAD));
                     state.stats.frames_sent += 1;
                 }
             }

@@ -967,6 +967,71 @@ fn adaptive_size_follows_error_rate() {
     assert_eq!(sim.a.lapb.preferred_info_size(), 1024);
 }
 
+/// Two ends connected back to back, no line in between.
+fn connected_pair(config: LapbConfig, now: Instant) -> (Lapb, Lapb) {
+    let mut a = Lapb::new(config.clone(), LapbRole::Dte);
+    let mut b = Lapb::new(config, LapbRole::Dce);
+    a.connect(now);
+    while let Some(f) = a.poll_transmit(now) {
+        b.handle_frame(&f, now);
+    }
+    while let Some(f) = b.poll_transmit(now) {
+        a.handle_frame(&f, now);
+    }
+    assert_eq!(a.poll_event(), Some(LapbEvent::Connected));
+    assert_eq!(b.poll_event(), Some(LapbEvent::Connected));
+    (a, b)
+}
+
+/// Sends `n` units of `len` bytes from `a` to `b` without loss, the
+/// acknowledgements going back at once.
+fn send_clean(a: &mut Lapb, b: &mut Lapb, n: usize, len: usize, now: Instant) {
+    for _ in 0..n {
+        a.send(Bytes::from(vec![b'x'; len])).unwrap();
+        while let Some(f) = a.poll_transmit(now) {
+            b.handle_frame(&f, now);
+        }
+        while b.poll_event().is_some() {}
+        let later = b.poll_timeout().unwrap_or(now).max(now);
+        while let Some(f) = b.poll_transmit(later) {
+            a.handle_frame(&f, later);
+        }
+    }
+}
+
+#[test]
+fn short_frames_do_not_make_the_size_grow() {
+    // A run of short clean frames (commands, acknowledgements) says little
+    // about long ones: the size grows only once the bits of 8 frames of
+    // the current size have gone out without a loss.
+    let now = t0();
+    let (mut a, mut b) = connected_pair(LapbConfig::default(), now);
+    let start = a.preferred_info_size();
+    assert_eq!(start, 256);
+    send_clean(&mut a, &mut b, 60, 8, now);
+    assert_eq!(a.preferred_info_size(), start);
+    send_clean(&mut a, &mut b, 9, start, now);
+    assert_eq!(a.preferred_info_size(), 2 * start);
+}
+
+#[test]
+fn escaped_bytes_move_the_pacing_clock() {
+    // Layer 1 reports the bytes its escapes added: the next I-frame is
+    // released that much later.
+    let now = t0();
+    let config = LapbConfig::default().with_line_rate(1000);
+    let release = |extra: usize| {
+        let (mut a, _b) = connected_pair(config.clone(), now);
+        a.send(Bytes::from(vec![b'x'; 100])).unwrap();
+        a.send(Bytes::from(vec![b'x'; 100])).unwrap();
+        assert!(a.poll_transmit(now).is_some());
+        a.add_wire_bytes(extra);
+        assert_eq!(a.poll_transmit(now), None, "paced");
+        a.poll_timeout().unwrap()
+    };
+    assert_eq!(release(50) - release(0), Duration::from_millis(50));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
