@@ -879,6 +879,12 @@ pub struct Lapb {
 }
 
 impl Lapb {
+    /// Control packets or frames waiting to go out (bounded; for figures
+    /// and tests).
+    pub fn queued_control(&self) -> usize {
+        self.ctrl.len()
+    }
+
     /// A link in the disconnected state. Out-of-range settings are clamped:
     /// the window to `1..=modulus.max_window(selective_reject)`, `max_info`
     /// to at least 1, `min_info` to `1..=max_info`, `n2` to at least 1.
@@ -1388,7 +1394,7 @@ impl Lapb {
 
     fn send_poll(&mut self, now: Instant) {
         let f = self.s_frame(self.rx_ready_kind(), true, true);
-        self.ctrl.push_back(f);
+        push_control(&mut self.ctrl, f);
         self.ack_sent();
         let deadline = self.after_backlog(now)
             + self.rto_backoff()
@@ -1516,7 +1522,7 @@ impl Lapb {
             self.role.response_address()
         };
         let f = LapbFrame::Unnumbered { kind, pf, info }.encode(address, self.modulus);
-        self.ctrl.push_back(f);
+        push_control(&mut self.ctrl, f);
     }
 
     fn setup_kind(&self) -> Unnumbered {
@@ -1597,7 +1603,7 @@ impl Lapb {
         self.ctrl.clear();
         if let Some(f) = frmr {
             self.stats.frmr_sent += 1;
-            self.ctrl.push_back(f);
+            push_control(&mut self.ctrl, f);
         }
         self.start_setup(now);
     }
@@ -1929,14 +1935,14 @@ impl Lapb {
             if !self.rej_sent {
                 self.rej_sent = true;
                 let f = self.s_frame(Supervisory::Rej, false, false);
-                self.ctrl.push_back(f);
+                push_control(&mut self.ctrl, f);
                 self.ack_sent();
             }
         } else if ahead && !self.rej_sent {
             // Ambiguous (window over half the modulus): a REJ is harmless.
             self.rej_sent = true;
             let f = self.s_frame(Supervisory::Rej, false, false);
-            self.ctrl.push_back(f);
+            push_control(&mut self.ctrl, f);
             self.ack_sent();
         } else {
             // An old duplicate (or out of range): the peer is resending,
@@ -1989,7 +1995,7 @@ impl Lapb {
         }
         .encode(self.role.response_address(), self.modulus);
         self.stats.srej_sent += 1;
-        self.ctrl.push_back(f);
+        push_control(&mut self.ctrl, f);
         let sent_at = self.after_backlog(now) + self.wire_time(self.overhead);
         if let Some(slot) = self.srej.get_mut(usize::from(seq)) {
             let first_sent_at = match slot {
@@ -2049,4 +2055,18 @@ fn seq_add(a: u8, n: usize, m: u8) -> u8 {
 
 fn seq_sub(a: u8, b: u8, m: u8) -> u8 {
     ((u16::from(a) + u16::from(m) - u16::from(b) % u16::from(m)) % u16::from(m)) as u8
+}
+
+/// Control frames queued for the peer at most; more are dropped. A peer
+/// that keeps sending but never reads (a flood of packets that each earn
+/// an answer) must not make us buffer answers without limit; the ones
+/// dropped are recovered by the protocol's own timers if the peer is
+/// honest after all.
+const MAX_QUEUED_CONTROL: usize = 1024;
+
+/// Queues a control frame unless [`MAX_QUEUED_CONTROL`] are already waiting.
+fn push_control(queue: &mut VecDeque<Bytes>, item: Bytes) {
+    if queue.len() < MAX_QUEUED_CONTROL {
+        queue.push_back(item);
+    }
 }

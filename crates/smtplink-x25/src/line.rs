@@ -113,6 +113,9 @@ pub struct LineStats {
     pub lapb: LapbStats,
     /// Circuits opened (both directions) since the line started.
     pub circuits_opened: u64,
+    /// Control packets and frames waiting to go out now (bounded, however
+    /// the peer behaves).
+    pub control_queued: usize,
 }
 
 impl std::fmt::Display for LineStats {
@@ -183,6 +186,10 @@ struct Slot {
     /// The [`Circuit`] handle is gone; the slot goes once the circuit is
     /// closed too.
     dropped: bool,
+    /// The peer reused this circuit's id (channel and generation) for a
+    /// new call while this handle was still held: the handle must never
+    /// touch the layer again, or it would reach the new call.
+    stale: bool,
 }
 
 fn lock(shared: &Shared) -> MutexGuard<'_, State> {
@@ -264,8 +271,10 @@ impl Line {
     pub fn stats(&self) -> LineStats {
         let state = lock(&self.shared);
         let mut stats = state.stats.clone();
+        stats.control_queued = state.packets.queued_control();
         if let Some(lapb) = &state.lapb {
             stats.lapb = lapb.stats();
+            stats.control_queued += lapb.queued_control();
         }
         stats
     }
@@ -435,6 +444,9 @@ impl AsyncRead for Circuit {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let mut state = lock(&this.shared);
+        if state.circuits.get(&this.id.0).is_none_or(|slot| slot.stale) {
+            return Poll::Ready(Err(Self::closed_error(None)));
+        }
         let result = state.packets.read(this.id, buf.initialize_unfilled());
         match result {
             Ok(0) if buf.remaining() > 0 => {
@@ -484,6 +496,9 @@ impl AsyncWrite for Circuit {
         if let Some(reason) = state.circuits.get(&this.id.0).and_then(|s| s.closed) {
             return Poll::Ready(Err(Self::closed_error(Some(&reason))));
         }
+        if !state.circuits.contains_key(&this.id.0) {
+            return Poll::Ready(Err(Self::closed_error(None)));
+        }
         match state.packets.write(this.id, data) {
             Ok(0) if !data.is_empty() => {
                 if let Some(slot) = state.circuits.get_mut(&this.id.0) {
@@ -510,7 +525,12 @@ impl AsyncWrite for Circuit {
         let this = self.get_mut();
         if !this.cleared {
             this.cleared = true;
-            lock(&this.shared).packets.clear(this.id, now());
+            let mut state = lock(&this.shared);
+            if state.circuits.get(&this.id.0).is_none_or(|slot| slot.stale) {
+                return Poll::Ready(Ok(()));
+            }
+            state.packets.clear(this.id, now());
+            drop(state);
             this.shared.wake.notify_one();
         }
         Poll::Ready(Ok(()))
@@ -520,6 +540,18 @@ impl AsyncWrite for Circuit {
 impl Drop for Circuit {
     fn drop(&mut self) {
         let mut state = lock(&self.shared);
+        let stale = state.circuits.get(&self.id.0).is_none_or(|slot| slot.stale);
+        if stale {
+            // Our id now names someone else's call (or nothing): leave it.
+            if state
+                .circuits
+                .get(&self.id.0)
+                .is_some_and(|slot| slot.stale)
+            {
+                state.circuits.remove(&self.id.0);
+            }
+            return;
+        }
         if !self.cleared {
             state.packets.clear(self.id, now());
         }
@@ -529,6 +561,8 @@ impl Drop for Circuit {
             slot.dropped = true;
             if slot.closed.is_some() {
                 state.circuits.remove(&self.id.0);
+                // Nobody can read what is left: let the layer forget it.
+                state.packets.release(self.id, now());
             }
         }
         drop(state);
@@ -600,7 +634,11 @@ impl Driver {
                 biased;
                 read = reader.read(&mut input) => match read {
                     Ok(0) => break "the stream ended".to_owned(),
-                    Ok(n) => self.received(&input[..n]),
+                    Ok(n) => {
+                        if !self.received(&input[..n]) {
+                            break "the peer broke the XOT framing".to_owned();
+                        }
+                    }
                     Err(e) => break format!("read: {e}"),
                 },
                 written = writer.write(&self.out), if !self.out.is_empty() => match written {
@@ -655,8 +693,9 @@ impl Driver {
         self.shared.status.send_replace(LineStatus::Ended(why));
     }
 
-    /// Bytes from the stream: whole frames (or XOT packets) go up.
-    fn received(&mut self, bytes: &[u8]) {
+    /// Bytes from the stream: whole frames (or XOT packets) go up. `false`
+    /// when the stream broke the XOT framing and the line must end.
+    fn received(&mut self, bytes: &[u8]) -> bool {
         let mut state = lock(&self.shared);
         state.stats.bytes_received += bytes.len() as u64;
         let now = now();
@@ -673,6 +712,12 @@ impl Driver {
         } else {
             self.xot_in.extend_from_slice(bytes);
             while self.xot_in.len() >= XOT_HEADER {
+                if self.xot_in[..2] != [0, 0] {
+                    // RFC 1613 3: version 0 is the only one there is.
+                    tracing::info!("x25: XOT header with a version other than 0; ending the line");
+                    self.xot_in.clear();
+                    return false;
+                }
                 let length = usize::from(u16::from_be_bytes([self.xot_in[2], self.xot_in[3]]));
                 if self.xot_in.len() < XOT_HEADER + length {
                     break;
@@ -683,6 +728,7 @@ impl Driver {
                 state.packets.handle_packet(&packet, now);
             }
         }
+        true
     }
 
     /// Moves events and data between the layers until nothing moves, then
@@ -743,7 +789,22 @@ impl Driver {
                 match event {
                     PacketEvent::IncomingCall { id, service } => {
                         let listener = services.get(&service).filter(|s| !s.is_closed()).cloned();
+                        // A handle for an earlier circuit with this id may
+                        // still be held (the channel was reused until its
+                        // generation wrapped): never give two handles one
+                        // stream.
+                        let in_use = circuits.contains_key(&id.0);
                         match listener {
+                            Some(_) if in_use => {
+                                tracing::warn!(channel = id.lcn(), "x25: refusing a call on a channel whose previous circuit is still held");
+                                if let Some(slot) = circuits.get_mut(&id.0) {
+                                    slot.stale = true;
+                                    slot.closed.get_or_insert(CloseReason::LinkLost);
+                                    wake(&mut slot.read);
+                                    wake(&mut slot.write);
+                                }
+                                packets.refuse(id, CAUSE_NOT_OBTAINABLE, 0, now);
+                            }
                             Some(listener) => {
                                 packets.accept(id, now);
                                 circuits.insert(id.0, Slot::default());
@@ -782,6 +843,7 @@ impl Driver {
                         if let Some(slot) = circuits.get_mut(&id.0) {
                             if slot.dropped {
                                 circuits.remove(&id.0);
+                                packets.release(id, now);
                             } else {
                                 slot.closed = Some(reason);
                                 wake(&mut slot.read);

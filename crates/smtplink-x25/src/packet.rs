@@ -995,6 +995,12 @@ pub struct PacketLayer {
 }
 
 impl PacketLayer {
+    /// Control packets or frames waiting to go out (bounded; for figures
+    /// and tests).
+    pub fn queued_control(&self) -> usize {
+        self.ctrl.len()
+    }
+
     /// A packet layer that is down until [`restart`](Self::restart).
     /// Out-of-range settings are brought into range (timeouts to at most a
     /// year; an invalid own address becomes empty).
@@ -1182,7 +1188,7 @@ impl PacketLayer {
             packet: Some((log2_size(c.send_packet), log2_size(c.recv_packet))),
             window: Some((c.send_window, c.recv_window)),
         };
-        self.ctrl.push_back(enc_call_accepted(m, id.lcn(), f));
+        push_control(&mut self.ctrl, enc_call_accepted(m, id.lcn(), f));
         c.wire = Wire::Open;
         c.deadline = None;
     }
@@ -1415,13 +1421,10 @@ impl PacketLayer {
                 | Packet::Reset { .. }
                 | Packet::CallAccepted { .. },
             ) => {
-                self.ctrl.push_back(enc_cause(
-                    m,
-                    lcn,
-                    ty::CLEAR,
-                    CAUSE_DTE,
-                    diag::UNASSIGNED_CHANNEL,
-                ));
+                push_control(
+                    &mut self.ctrl,
+                    enc_cause(m, lcn, ty::CLEAR, CAUSE_DTE, diag::UNASSIGNED_CHANNEL),
+                );
             }
             // Confirmations and unparseable packets on a free channel are
             // ignored: answering a CLEAR with a CLEAR could loop.
@@ -1439,7 +1442,7 @@ impl PacketLayer {
     ) {
         let m = self.m();
         let refuse = |ctrl: &mut VecDeque<Bytes>, d: u8| {
-            ctrl.push_back(enc_cause(m, lcn, ty::CLEAR, CAUSE_DTE, d));
+            push_control(ctrl, enc_cause(m, lcn, ty::CLEAR, CAUSE_DTE, d));
         };
         if lcn > self.config.channels {
             return refuse(&mut self.ctrl, diag::UNASSIGNED_CHANNEL);
@@ -1492,7 +1495,7 @@ impl PacketLayer {
             return;
         }
         let confirm_clear = |ctrl: &mut VecDeque<Bytes>| {
-            ctrl.push_back(enc_bare(m, lcn, ty::CLEAR_CONFIRMATION));
+            push_control(ctrl, enc_bare(m, lcn, ty::CLEAR_CONFIRMATION));
         };
         let setup_error = |ctrl: &mut VecDeque<Bytes>,
                            events: &mut VecDeque<PacketEvent>,
@@ -1566,7 +1569,7 @@ impl PacketLayer {
                     Ok(Packet::Reset { cause, diagnostic }) => {
                         // RFC 1090 §6: a reset ends the session; clear.
                         c.stats.resets += 1;
-                        ctrl.push_back(enc_bare(m, lcn, ty::RESET_CONFIRMATION));
+                        push_control(ctrl, enc_bare(m, lcn, ty::RESET_CONFIRMATION));
                         start_clear(ctrl, m, c, CAUSE_DTE, diag::NONE, now + t23);
                         notify(events, c, CloseReason::Reset { cause, diagnostic });
                         Ok(())
@@ -1584,7 +1587,7 @@ impl PacketLayer {
                     // Procedure error in data transfer: RESET REQUEST (X.25
                     // §4.4.3); the session is over, so clear after it.
                     c.stats.resets += 1;
-                    ctrl.push_back(enc_cause(m, lcn, ty::RESET, CAUSE_DTE, d));
+                    push_control(ctrl, enc_cause(m, lcn, ty::RESET, CAUSE_DTE, d));
                     c.wire = Wire::Resetting;
                     c.tx.clear();
                     c.deadline = Some(now + t22);
@@ -1813,7 +1816,7 @@ fn start_clear(
     diagnostic: u8,
     deadline: Instant,
 ) {
-    ctrl.push_back(enc_cause(m, c.id.lcn(), ty::CLEAR, cause, diagnostic));
+    push_control(ctrl, enc_cause(m, c.id.lcn(), ty::CLEAR, cause, diagnostic));
     c.wire = Wire::Clearing {
         cause,
         diagnostic,
@@ -2409,5 +2412,19 @@ mod tests {
         assert_eq!(l.read(id, &mut buf).unwrap(), 5);
         assert_eq!(&buf[..5], b"plain");
         assert_eq!(delayed_ack(&mut l, now), [vec![0x10, 0x40, 0x41]]); // RR P(R)=2
+    }
+}
+
+/// Control packets queued for the peer at most; more are dropped. A peer
+/// that keeps sending but never reads (a flood of packets that each earn
+/// an answer) must not make us buffer answers without limit; the ones
+/// dropped are recovered by the protocol's own timers if the peer is
+/// honest after all.
+const MAX_QUEUED_CONTROL: usize = 1024;
+
+/// Queues a control packet unless [`MAX_QUEUED_CONTROL`] are already waiting.
+fn push_control(queue: &mut VecDeque<Bytes>, item: Bytes) {
+    if queue.len() < MAX_QUEUED_CONTROL {
+        queue.push_back(item);
     }
 }

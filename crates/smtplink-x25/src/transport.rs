@@ -370,10 +370,30 @@ impl Transport for X25Transport {
                         };
                         let _ = stream.set_nodelay(true);
                         let line = Line::spawn_xot(stream, config.clone(), format!("xot://{peer}"));
-                        let incoming = line.listen(&service);
-                        if forward(incoming, sender.clone(), 1).await.is_err() {
+                        if sender.is_closed() {
                             return;
                         }
+                        let mut incoming = line.listen(&service);
+                        let circuits = sender.clone();
+                        let call_timeout = config.call_timeout;
+                        // Each connection on its own task: one caller that
+                        // never calls must not hold up the next.
+                        tokio::spawn(async move {
+                            // XOT carries one circuit per connection (RFC
+                            // 1613): no call in time, and the line (and its
+                            // connection) is dropped.
+                            match tokio::time::timeout(call_timeout, incoming.accept()).await {
+                                Ok(Some(circuit)) => {
+                                    if circuits.send(circuit.into_link(1)).await.is_ok() {
+                                        let _ = forward(incoming, circuits, 1).await;
+                                    }
+                                }
+                                Ok(None) => {}
+                                Err(_) => {
+                                    tracing::info!(%peer, "x25: XOT connection without a call; closing it")
+                                }
+                            }
+                        });
                     }
                 });
                 Ok(Box::new(X25Listener {
@@ -585,6 +605,32 @@ mod tests {
         let _listener = transport.listen(&endpoint).await.unwrap();
         let error = transport.connect(&endpoint).await.unwrap_err().to_string();
         assert!(error.contains("no line yet"), "{error}");
+    }
+
+    /// XOT: a connection that never calls must not hold up the next caller
+    /// (each connection is served on its own task).
+    #[tokio::test]
+    async fn an_idle_xot_connection_does_not_block_the_next_caller() {
+        let transport = X25Transport::new(Registry::new());
+        let mut listener = transport
+            .listen(&Endpoint::parse("x25+tcp://127.0.0.1:0").unwrap())
+            .await
+            .unwrap();
+        let port = listener.local_endpoint().port().unwrap();
+        let _idle = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let url = Endpoint::parse(&format!("x25+tcp://127.0.0.1:{port}")).unwrap();
+        let caller = transport.connect(&url);
+        let (called, accepted) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(caller, listener.accept())
+        })
+        .await
+        .expect("the second caller was held up");
+        let (mut called, mut accepted) = (called.unwrap(), accepted.unwrap());
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        called.write_all(b"220 hello\r\n").await.unwrap();
+        let mut got = [0u8; 11];
+        accepted.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"220 hello\r\n");
     }
 
     /// A registry whose `mem` transport is a minimal in-crate stand-in:
