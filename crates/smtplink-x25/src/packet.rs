@@ -1871,6 +1871,20 @@ fn on_data(
     Ok(())
 }
 
+/// Control packets queued for the peer at most; more are dropped. A peer
+/// that keeps sending but never reads (a flood of packets that each earn
+/// an answer) must not make us buffer answers without limit; the ones
+/// dropped are recovered by the protocol's own timers if the peer is
+/// honest after all.
+const MAX_QUEUED_CONTROL: usize = 1024;
+
+/// Queues a control packet unless [`MAX_QUEUED_CONTROL`] are already waiting.
+fn push_control(queue: &mut VecDeque<Bytes>, item: Bytes) {
+    if queue.len() < MAX_QUEUED_CONTROL {
+        queue.push_back(item);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Exact packet bytes (ITU-T X.25 §5-7 formats) through the public API.
@@ -2412,19 +2426,5 @@ mod tests {
         assert_eq!(l.read(id, &mut buf).unwrap(), 5);
         assert_eq!(&buf[..5], b"plain");
         assert_eq!(delayed_ack(&mut l, now), [vec![0x10, 0x40, 0x41]]); // RR P(R)=2
-    }
-}
-
-/// Control packets queued for the peer at most; more are dropped. A peer
-/// that keeps sending but never reads (a flood of packets that each earn
-/// an answer) must not make us buffer answers without limit; the ones
-/// dropped are recovered by the protocol's own timers if the peer is
-/// honest after all.
-const MAX_QUEUED_CONTROL: usize = 1024;
-
-/// Queues a control packet unless [`MAX_QUEUED_CONTROL`] are already waiting.
-fn push_control(queue: &mut VecDeque<Bytes>, item: Bytes) {
-    if queue.len() < MAX_QUEUED_CONTROL {
-        queue.push_back(item);
     }
 }
