@@ -56,7 +56,10 @@ impl DriverError {
             DriverError::Transport(e) => e.is_transient(),
             DriverError::Tls(_) => true,
             DriverError::Client(e) => e.is_transient(),
-            DriverError::Send(_) => false,
+            // The message cannot be sent as it is; but a session that is
+            // not ready (the server closed it with 421) may work next time.
+            DriverError::Send(SendError::Message(_)) => false,
+            DriverError::Send(_) => true,
             // A refusal is as permanent as its code says (535 bad
             // credentials: retrying the same ones cannot help); no usable
             // mechanism or a broken exchange may be fixed on the server.

@@ -415,3 +415,47 @@ async fn trickled_command_still_times_out() {
     );
     server.await.unwrap().unwrap();
 }
+
+/// A server that stops right after storing a message says its 250 and a
+/// 421 in one write (what `serve` does on Ctrl-C). The client's next
+/// message cannot go on this session, and that is a temporary failure: a
+/// relay must defer it, not bounce it.
+#[tokio::test]
+async fn a_421_after_the_250_makes_the_next_message_a_temporary_failure() {
+    let (a, mut b) = smtplink_mem::pipe(4096);
+    let server = tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        let mut seen = Vec::new();
+        b.write_all(b"220 fake ready\r\n").await.unwrap();
+        let script: [(&[u8], &[u8]); 3] = [
+            (b"EHLO", b"250-fake\r\n250 PIPELINING\r\n"),
+            (b"DATA\r\n", b"250 ok\r\n250 ok\r\n354 go\r\n"),
+            (b"\r\n.\r\n", b"250 stored\r\n421 shutting down\r\n"),
+        ];
+        for (until, reply) in script {
+            while !seen.windows(until.len()).any(|w| w == until) {
+                let n = b.read(&mut buf).await.unwrap();
+                assert!(n > 0);
+                seen.extend_from_slice(&buf[..n]);
+            }
+            seen.clear();
+            b.write_all(reply).await.unwrap();
+        }
+        // Keep the link open a moment: the client must not need EOF to
+        // learn the session is over.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    });
+    let mut client = SmtpClient::handshake(a, client_settings()).await.unwrap();
+    let env = Envelope::parse("a@example.org", &["b@example.net"]).unwrap();
+    let report = client
+        .send(env, b"Subject: one\r\n\r\nx\r\n")
+        .await
+        .unwrap();
+    assert!(report.all_accepted(), "{report:?}");
+    let env = Envelope::parse("a@example.org", &["b@example.net"]).unwrap();
+    match client.send(env, b"Subject: two\r\n\r\ny\r\n").await {
+        Ok(report) => assert!(report.any_transient(), "{report:?}"),
+        Err(e) => assert!(e.is_transient(), "{e}"),
+    }
+    server.await.unwrap();
+}

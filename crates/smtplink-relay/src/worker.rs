@@ -19,10 +19,10 @@ use smtplink_driver::CancellationToken;
 use smtplink_driver::{
     Backend, ClientAuth, ClientSettings, DriverError, ServerSettings, Shutdown, SmtpClient, Turned,
 };
-use smtplink_engine::TlsPolicy;
 use smtplink_engine::{
     Envelope, ForwardPath, MailParams, Notify, RcptParams, RecipientOutcome, ReversePath,
 };
+use smtplink_engine::{SendError, TlsPolicy};
 use smtplink_transport::{Endpoint, Link, Registry};
 use tokio::task::JoinSet;
 use tracing::{info, info_span, warn, Instrument};
@@ -640,8 +640,10 @@ impl HopWorker {
                     .unwrap_or_default();
                     out.push((claim, outcomes));
                 }
-                Err(DriverError::Send(e)) => {
+                Err(DriverError::Send(SendError::Message(e))) => {
                     // Nothing was sent: this message cannot go this way.
+                    // (A session that is no longer ready, e.g. after the
+                    // server's 421, is a broken session: deferred below.)
                     let reply = format!("not sent: {e}");
                     out.push((
                         claim,
