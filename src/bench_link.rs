@@ -56,7 +56,7 @@ pub(crate) struct BenchArgs {
     /// the error rate.
     #[arg(long, default_value = "auto")]
     pub frame: String,
-    /// Link-layer window (frames outstanding).
+    /// Link-layer window (frames outstanding) [default: 48, modulo 128].
     #[arg(long)]
     pub window: Option<u8>,
     /// SMTP over the X.25 adapter (the default).

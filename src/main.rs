@@ -292,7 +292,10 @@ async fn publish_x25_figures(x25: Arc<smtplink_x25::X25Transport>, spool: PathBu
         if lines.is_empty() {
             continue;
         }
-        let mut text = String::new();
+        let mut text = format!(
+            "written {} (figures since each line started)\n",
+            smtplink_maildir::rfc5322_date(std::time::SystemTime::now())
+        );
         for line in lines {
             let state = if line.is_ended() { "ended" } else { "up" };
             text.push_str(&format!("{}  [{state}]  {}\n", line.label(), line.stats()));
@@ -708,7 +711,7 @@ async fn serve(args: ServeArgs, config_path: Option<PathBuf>) -> ExitCode {
     if let Some(worker) = worker {
         info!(spool = %cfg.spool.display(), "relay queue active");
         tokio::spawn(worker.run(server.shutdown().graceful));
-        tokio::spawn(publish_x25_figures(x25, cfg.spool.clone()));
+        tokio::spawn(publish_x25_figures(x25.clone(), cfg.spool.clone()));
     }
     let shutdown = server.shutdown();
     let grace = cfg.shutdown_grace;
@@ -736,6 +739,14 @@ async fn serve(args: ServeArgs, config_path: Option<PathBuf>) -> ExitCode {
         std::process::exit(i32::from(EX_TEMPFAIL));
     });
     server.run_listeners(listeners).await;
+    // The last replies of the sessions (a 250 for a message we stored) may
+    // still be on their way over a slow X.25 line: let them arrive, or the
+    // other end sends the message again.
+    if !x25.lines().is_empty() && !x25.drain(std::time::Duration::from_secs(10)).await {
+        warn!("x25 lines still had data to send after 10 s; exiting anyway");
+    }
+    // The figures for `queue list` describe a running server only.
+    let _ = std::fs::remove_file(cfg.spool.join(X25_FIGURES_FILE));
     info!("stopped");
     if forced.load(std::sync::atomic::Ordering::SeqCst) {
         ExitCode::from(EX_TEMPFAIL)

@@ -82,7 +82,7 @@ pub(crate) async fn run(
             }
             // Figures of the X.25 lines of a `serve` using this spool.
             if let Ok(figures) = std::fs::read_to_string(cfg.spool.join(crate::X25_FIGURES_FILE)) {
-                out!("x25 lines (as of the last 10 s):");
+                out!("x25 lines of the running serve (refreshed every 10 s):");
                 for line in figures.lines() {
                     out!("    {line}");
                 }

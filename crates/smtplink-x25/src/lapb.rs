@@ -885,6 +885,11 @@ impl Lapb {
         self.ctrl.len()
     }
 
+    /// Nothing queued and every I-frame sent has been acknowledged.
+    pub fn is_idle(&self) -> bool {
+        self.outstanding.is_empty() && self.queue.is_empty() && self.ctrl.is_empty()
+    }
+
     /// A link in the disconnected state. Out-of-range settings are clamped:
     /// the window to `1..=modulus.max_window(selective_reject)`, `max_info`
     /// to at least 1, `min_info` to `1..=max_info`, `n2` to at least 1.

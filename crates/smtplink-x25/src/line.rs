@@ -176,6 +176,8 @@ struct State {
     calls: HashMap<u16, oneshot::Sender<Result<(), X25Error>>>,
     services: HashMap<String, mpsc::UnboundedSender<Circuit>>,
     stats: LineStats,
+    /// The line task's output buffer is empty (kept by the task).
+    out_empty: bool,
 }
 
 #[derive(Default)]
@@ -236,6 +238,7 @@ impl Line {
             calls: HashMap::new(),
             services: HashMap::new(),
             stats: LineStats::default(),
+            out_empty: true,
         };
         let (status, _) = watch::channel(LineStatus::Down);
         let shared = Arc::new(Shared {
@@ -338,6 +341,31 @@ impl Line {
         }
     }
 
+    /// Waits (up to `timeout`) until everything written on the line has
+    /// gone out and been acknowledged, or the line has ended; `true` if it
+    /// drained. A process that stops calls this so the last replies of its
+    /// sessions (the 250 for a message it stored) reach the other end:
+    /// otherwise the peer would send the message again.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.is_ended() {
+                return true;
+            }
+            {
+                let state = lock(&self.shared);
+                let lapb_idle = state.lapb.as_ref().is_none_or(Lapb::is_idle);
+                if lapb_idle && state.packets.is_idle() && state.out_empty {
+                    return true;
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until the line has ended and says why.
     pub async fn ended(&self) -> String {
         let mut status = self.shared.status.subscribe();
@@ -394,7 +422,7 @@ impl std::fmt::Debug for Circuit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Circuit")
             .field("line", &self.shared.label)
-            .field("lcn", &self.id.0)
+            .field("lcn", &self.id.lcn())
             .finish()
     }
 }
@@ -410,14 +438,19 @@ impl Circuit {
 
     /// The logical channel number.
     pub fn channel(&self) -> u16 {
-        self.id.0
+        self.id.lcn()
+    }
+
+    /// The packet layer's id of the circuit (channel and generation).
+    pub fn circuit_id(&self) -> CircuitId {
+        self.id
     }
 
     /// A [`Link`] for the SMTP drivers: kind `x25`, the peer labelled by
     /// line and channel, TLS upgrade possible (it is a byte stream), and
     /// timers stretched by `timeout_scale` for slow lines.
     pub fn into_link(self, timeout_scale: u32) -> Link {
-        let label = format!("{}#lcn{}", self.shared.label, self.id.0);
+        let label = format!("{}#lcn{}", self.shared.label, self.id.lcn());
         let info = LinkInfo::new(KIND, label.clone())
             .with_local(label)
             .with_tls_upgrade(true)
@@ -608,6 +641,7 @@ impl Driver {
                 let shared = self.shared.clone();
                 let mut state = lock(&shared);
                 self.pump(&mut state);
+                state.out_empty = self.out.is_empty();
                 let deadline = match (&state.lapb, state.packets.poll_timeout()) {
                     (Some(lapb), packets) => earliest(lapb.poll_timeout(), packets),
                     (None, packets) => packets,
@@ -645,7 +679,11 @@ impl Driver {
                     Ok(0) => break "the stream refused more bytes".to_owned(),
                     Ok(n) => {
                         self.out.advance(n);
-                        lock(&self.shared).stats.bytes_sent += n as u64;
+                        {
+                            let mut state = lock(&self.shared);
+                            state.stats.bytes_sent += n as u64;
+                            state.out_empty = self.out.is_empty();
+                        }
                         if self.out.is_empty() {
                             if let Err(e) = writer.flush().await {
                                 break format!("flush: {e}");
@@ -744,6 +782,7 @@ impl Driver {
                 calls,
                 services,
                 stats,
+                out_empty: _,
             } = state;
             if let Some(lapb) = lapb.as_mut() {
                 while let Some(event) = lapb.poll_event() {

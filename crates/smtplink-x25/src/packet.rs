@@ -1001,6 +1001,18 @@ impl PacketLayer {
         self.ctrl.len()
     }
 
+    /// Nothing waits to go out and everything sent was acknowledged: no
+    /// control packet queued, no circuit with unsent or unacknowledged
+    /// data or an acknowledgement owed. A process that stops waits for
+    /// this, so its last replies are not lost with it.
+    pub fn is_idle(&self) -> bool {
+        self.ctrl.is_empty()
+            && self
+                .live
+                .values()
+                .all(|c| c.tx.is_empty() && c.vs == c.dr && !c.ack_due && c.ack_deadline.is_none())
+    }
+
     /// A packet layer that is down until [`restart`](Self::restart).
     /// Out-of-range settings are brought into range (timeouts to at most a
     /// year; an invalid own address becomes empty).

@@ -106,6 +106,20 @@ impl X25Transport {
         self.table().values().cloned().collect()
     }
 
+    /// Waits (up to `timeout` in all) until every open line has sent
+    /// everything and had it acknowledged; `true` if all drained. Call it
+    /// before the process exits.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        let lines = self.lines();
+        let mut all = true;
+        let deadline = tokio::time::Instant::now() + timeout;
+        for line in lines {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            all &= line.drain(left).await;
+        }
+        all
+    }
+
     /// Puts an already running line in the table under `key` (the inner
     /// endpoint text without options, e.g. `mem://link`): calls to that
     /// endpoint then go over it. For programs that build their own lines.

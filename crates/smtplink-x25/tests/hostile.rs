@@ -81,7 +81,7 @@ async fn channel_reuse_never_aliases_a_held_circuit() {
     {
         circuits.push(c);
     }
-    let mut ids: Vec<u16> = circuits.iter().map(|c| c.channel()).collect();
+    let mut ids: Vec<u16> = circuits.iter().map(|c| c.circuit_id().0).collect();
     let count = ids.len();
     ids.sort_unstable();
     ids.dedup();

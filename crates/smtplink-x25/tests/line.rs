@@ -184,3 +184,26 @@ async fn an_orderly_clear_is_end_of_file_after_the_data() {
     assert!(got == data);
     let _ = Duration::ZERO;
 }
+
+/// `drain` returns once everything written has crossed the line and been
+/// acknowledged: what a stopping `serve` waits for, so its last 250 is not
+/// lost (which would make the other end send the message again).
+#[tokio::test(start_paused = true)]
+async fn drain_waits_until_the_peer_has_everything() {
+    let (a, b, handle) = lines(SimConfig::default().seed(9).baud(9600));
+    let mut incoming = b.listen("smtp");
+    let mut circuit = a.call("smtp").await.unwrap();
+    let mut far = incoming.accept().await.unwrap();
+    let data = pattern(5, 5000);
+    circuit.write_all(&data).await.unwrap();
+    let reader = tokio::spawn(async move {
+        let mut got = vec![0u8; 5000];
+        far.read_exact(&mut got).await.unwrap();
+        (got, far)
+    });
+    assert!(a.drain(Duration::from_secs(60)).await, "did not drain");
+    // 5000 bytes at 960 bytes/s: the drain cannot end before they crossed.
+    assert!(handle.a_to_b().delivered >= 5000, "{:?}", handle.a_to_b());
+    let (got, _far) = reader.await.unwrap();
+    assert!(got == data);
+}
