@@ -437,6 +437,9 @@ pub struct LapbStats {
     pub rto: Duration,
     /// The estimated bit error rate of the line towards the peer.
     pub ber_estimate: f64,
+    /// Set-up commands (SABM/SABME) that came with our own command
+    /// address: the other end was given the same role (DTE/DCE) as we were.
+    pub same_role_frames: u64,
 }
 
 /// Why a frame could not be parsed.
@@ -1147,6 +1150,22 @@ impl Lapb {
         } else {
             return;
         };
+        if !command
+            && matches!(
+                parsed,
+                Ok((
+                    _,
+                    LapbFrame::Unnumbered {
+                        kind: Unnumbered::Sabm | Unnumbered::Sabme,
+                        ..
+                    }
+                ))
+            )
+        {
+            // A set-up command can only come with the peer's command
+            // address; with ours, the peer has taken our role.
+            self.stats.same_role_frames += 1;
+        }
         let frame_parsed = match parsed {
             Ok((_, f)) => f,
             Err(reject) => {

@@ -743,8 +743,14 @@ impl Driver {
             state.stats.decode = *self.decoder.stats();
             state.stats.frames_received += frames.len() as u64;
             if let Some(lapb) = &mut state.lapb {
+                let before = lapb.stats().same_role_frames;
                 for frame in frames {
                     lapb.handle_frame(&frame, now);
+                }
+                if before == 0 && lapb.stats().same_role_frames > 0 {
+                    tracing::warn!(
+                        "x25: the other end uses the same role as this one; one end of a line must say role=dte, the other role=dce"
+                    );
                 }
             }
         } else {

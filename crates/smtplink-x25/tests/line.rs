@@ -207,3 +207,15 @@ async fn drain_waits_until_the_peer_has_everything() {
     let (got, _far) = reader.await.unwrap();
     assert!(got == data);
 }
+
+/// Both ends told `role=dte`: the link cannot come up, and the line says
+/// why (a counter, and a warning in the log) instead of only timing out.
+#[tokio::test(start_paused = true)]
+async fn the_same_role_at_both_ends_is_noticed() {
+    let (a, b, _) = sim::pair(SimConfig::default().seed(10).baud(9600));
+    let a = Line::spawn(a, LineConfig::new(Role::Dte), "a");
+    let b = Line::spawn(b, LineConfig::new(Role::Dte), "b");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(a.stats().lapb.same_role_frames > 0, "{:?}", a.stats());
+    assert!(b.stats().lapb.same_role_frames > 0, "{:?}", b.stats());
+}
