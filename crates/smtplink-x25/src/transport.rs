@@ -68,6 +68,8 @@ impl std::fmt::Debug for X25Transport {
 
 /// An `x25+…` endpoint taken apart.
 struct Parsed {
+    /// The endpoint as the user wrote it (for error messages).
+    outer: Endpoint,
     /// The inner endpoint (e.g. `serial:///dev/ttyS0?baud=9600`).
     inner: Endpoint,
     /// Identifies the line in the table: the inner endpoint without options.
@@ -235,6 +237,7 @@ impl X25Transport {
         };
         let inner = Endpoint::parse(&inner_text)?;
         Ok(Parsed {
+            outer: endpoint.clone(),
             inner,
             key,
             service,
@@ -267,7 +270,11 @@ impl X25Transport {
             return self.wait_for_line(parsed).await;
         }
         let role = parsed.role.unwrap_or(default_role);
-        let link = self.inner.connect(&parsed.inner).await?;
+        let link = self
+            .inner
+            .connect(&parsed.inner)
+            .await
+            .map_err(|e| in_x25_terms(&parsed.outer, Operation::Connect, e))?;
         let scale = link.info().timeout_scale.max(scale_for(parsed.line_rate));
         let mut config = parsed.config.clone();
         config.role = role;
@@ -455,7 +462,11 @@ impl Transport for X25Transport {
                 // Any other inner transport that listens (mem://): every
                 // accepted stream is a line of its own, and the latest one
                 // also carries our calls to this name.
-                let mut inner = self.inner.listen(&parsed.inner).await?;
+                let mut inner = self
+                    .inner
+                    .listen(&parsed.inner)
+                    .await
+                    .map_err(|e| in_x25_terms(endpoint, Operation::Listen, e))?;
                 self.listening
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
@@ -506,6 +517,24 @@ async fn forward(
         }
     }
     Ok(())
+}
+
+/// An error of the inner transport, told about the `x25+…` endpoint the
+/// user wrote (and, for a bad option, with the adapter's own options).
+fn in_x25_terms(outer: &Endpoint, operation: Operation, error: TransportError) -> TransportError {
+    match error {
+        TransportError::InvalidEndpoint { reason, .. } => TransportError::invalid_endpoint(
+            outer,
+            format!("{reason}; the x25 adapter itself takes service, role, frame, window, modulus"),
+        ),
+        other => match other.io_kind() {
+            // Same kind, so the same transient/permanent verdict.
+            Some(kind) => {
+                TransportError::io(operation, outer, io::Error::new(kind, other.to_string()))
+            }
+            None => other,
+        },
+    }
 }
 
 /// A line this end opens itself has no "caller": the URL must say which
