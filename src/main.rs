@@ -525,6 +525,12 @@ async fn serve(args: ServeArgs, config_path: Option<PathBuf>) -> ExitCode {
     let cli_listeners = !listen.is_empty();
     if cli_listeners {
         // --listen replaces every listener of the file.
+        if !cfg.listeners.is_empty() {
+            warn!(
+                dropped = cfg.listeners.len(),
+                "--listen replaces the [[listener]] tables of the config file"
+            );
+        }
         cfg.listen = listen;
         cfg.listeners.clear();
     } else if relay_policy.is_some() || require_auth {
@@ -762,9 +768,8 @@ fn spawn_reload_on_hangup(
     tls: Option<Arc<smtplink_tls::ServerTls>>,
     users: Option<Arc<users::UsersStore>>,
 ) {
-    if tls.is_none() && users.is_none() {
-        return;
-    }
+    // SIGHUP is watched even with nothing to reload: its default action
+    // would kill the server, which no administrator means by it.
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -774,6 +779,9 @@ fn spawn_reload_on_hangup(
         };
         tokio::spawn(async move {
             while hangup.recv().await.is_some() {
+                if tls.is_none() && users.is_none() {
+                    info!("SIGHUP: nothing to reload (no certificate, no users file; routes are read at start)");
+                }
                 if let Some(tls) = &tls {
                     if let Err(e) = tls.reload() {
                         warn!(error = %e, "TLS reload failed; keeping the old certificate");

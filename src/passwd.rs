@@ -54,6 +54,12 @@ fn set_password(
         (true, Some(old)) => old.senders.clone(),
         _ => senders,
     };
+    if senders.is_empty() && !user.contains('@') {
+        // Without senders only an address-shaped name may send (as itself).
+        eprintln!(
+            "smtplink: note: {user} may log in but send as no address; give --allow ADDR (or *@domain)"
+        );
+    }
     file.set_user(User {
         name: user.to_string(),
         credential,
