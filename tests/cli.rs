@@ -227,3 +227,30 @@ fn passwd_writes_users_without_the_password() {
     assert!(stderr.contains(":1: expected user:"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&users).unwrap(), "junk\n");
 }
+
+/// SIGHUP to a server with nothing to reload (no certificate, no users
+/// file) is a logged no-op: the server keeps running.
+#[test]
+fn sighup_without_anything_to_reload_keeps_serving() {
+    let mut server = Serve::start(&[]);
+    let pid = server.child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    wait_for(
+        "the SIGHUP log line",
+        std::time::Duration::from_secs(10),
+        || {
+            server
+                .log
+                .try_iter()
+                .any(|l| l.contains("nothing to reload"))
+        },
+    );
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "serve died on SIGHUP"
+    );
+    assert!(server.interrupt().success());
+}
