@@ -572,3 +572,52 @@ fn sighup_reloads_the_certificate() {
     assert!(send(&new_pin).status.success());
     assert!(server.child.try_wait().unwrap().is_none());
 }
+
+/// Idle connections to an implicit-TLS port (never starting a handshake)
+/// are limited per peer address before the handshake: beyond the limit the
+/// server closes them at once, and a real TLS client is still served.
+#[test]
+fn idle_connections_to_an_implicit_tls_port_are_limited() {
+    let Some(swaks) = require_tool("swaks") else {
+        return;
+    };
+    let cert = gen_cert();
+    let port = free_port();
+    let listen = format!("tls+tcp://127.0.0.1:{port}");
+    let server = serve_tls(
+        &cert,
+        &["--listen", "tcp://127.0.0.1:0", "--listen", &listen],
+    );
+    wait_for_port(port);
+    // Idle connections from 127.0.0.1.
+    let idle: Vec<std::net::TcpStream> = (0..12)
+        .map(|_| {
+            let socket = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_secs(3)))
+                .unwrap();
+            socket
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let closed = idle
+        .iter()
+        .filter(|s| matches!(std::io::Read::read(&mut &**s, &mut [0u8; 1]), Ok(0)))
+        .count();
+    // The wait_for_port probe may still hold a slot: at most 4 stay open.
+    assert!(
+        closed >= 12 - 4,
+        "only {closed} of 12 idle connections were closed"
+    );
+    // Another address is not held up by them.
+    let out = Command::new(swaks)
+        .args(["--server", &format!("127.0.0.1:{port}"), "--tls-on-connect"])
+        .args(["--local-interface", "127.0.0.2"])
+        .args(["--from", "alice@example.org", "--to", "erin@example.net"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    drop(idle);
+    assert_delivered_over_tls(&server, "erin@example.net");
+}

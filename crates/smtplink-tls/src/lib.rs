@@ -55,6 +55,15 @@ pub const IMPLICIT_PREFIX: &str = "tls+";
 /// How long an implicit-TLS listener waits for a client's handshake.
 pub const ACCEPT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Handshakes an implicit-TLS listener runs at once; connections over it
+/// are closed at once. The session limits apply only after the handshake,
+/// so without this a flood of idle connections would hold file
+/// descriptors until the whole server could accept nothing.
+pub const MAX_PENDING_HANDSHAKES: usize = 64;
+
+/// Handshakes at once from one peer address, for the same reason.
+pub const MAX_PENDING_HANDSHAKES_PER_PEER: usize = 4;
+
 /// What can go wrong setting TLS up (handshake failures are
 /// [`TransportError::Tls`]).
 #[derive(Debug, thiserror::Error)]
@@ -573,6 +582,9 @@ pub async fn listen(
     let local = inner.local_endpoint();
     let local = Endpoint::parse(&format!("{IMPLICIT_PREFIX}{local}")).unwrap_or(local);
     let (tx, rx) = mpsc::channel::<Link>(16);
+    let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let per_peer: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> =
+        Arc::default();
     let task = tokio::spawn(async move {
         loop {
             let link = match inner.accept().await {
@@ -586,9 +598,34 @@ pub async fn listen(
                     continue;
                 }
             };
+            let Ok(permit) = pending.clone().try_acquire_owned() else {
+                debug!(peer = %link.info().peer, "too many TLS handshakes in progress; closing");
+                continue;
+            };
+            let peer_ip = link.info().peer_ip;
+            let peer_slot = match peer_ip {
+                Some(ip) => {
+                    let mut counts = per_peer
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let count = counts.entry(ip).or_insert(0);
+                    if *count >= MAX_PENDING_HANDSHAKES_PER_PEER {
+                        debug!(%ip, "too many TLS handshakes from this address; closing");
+                        continue;
+                    }
+                    *count += 1;
+                    Some(PeerSlot {
+                        ip,
+                        counts: per_peer.clone(),
+                    })
+                }
+                None => None,
+            };
             let tx = tx.clone();
             let tls = tls.clone();
             tokio::spawn(async move {
+                let _permit = permit;
+                let _peer_slot = peer_slot;
                 let peer = link.info().peer.clone();
                 let handshake = tls.handshake(link, true);
                 match tokio::time::timeout(ACCEPT_HANDSHAKE_TIMEOUT, handshake).await {
@@ -607,6 +644,27 @@ pub async fn listen(
         local,
         endpoint: endpoint.clone(),
     }))
+}
+
+/// One handshake in progress from `ip`; counted down when dropped.
+struct PeerSlot {
+    ip: std::net::IpAddr,
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
 }
 
 struct ImplicitListener {
