@@ -167,6 +167,31 @@ struct FailureLog {
 }
 
 impl FailureLog {
+    /// Checks `peer` and, unless it is blocked, counts this attempt as a
+    /// failure at once (under the same lock): parallel sessions from one
+    /// address cannot all pass the check before any failure is recorded.
+    /// A success takes it back ([`forgive`](Self::forgive)).
+    fn blocked_or_reserve(&self, peer: &str, max: usize, window: Duration) -> bool {
+        if self.blocked(peer, max, window) {
+            return true;
+        }
+        self.record(peer, window);
+        false
+    }
+
+    /// The attempt counted by `blocked_or_reserve` succeeded.
+    fn forgive(&self, peer: &str) {
+        let Ok(mut peers) = self.peers.lock() else {
+            return;
+        };
+        if let Some(times) = peers.get_mut(peer) {
+            times.pop_back();
+            if times.is_empty() {
+                peers.remove(peer);
+            }
+        }
+    }
+
     /// Forgets failures older than `window`; true when `peer` still has
     /// `max` or more.
     fn blocked(&self, peer: &str, max: usize, window: Duration) -> bool {
@@ -648,7 +673,7 @@ async fn handle_events(
             } => match &settings.auth {
                 None => Some(Err(auth_unavailable())),
                 Some(auth)
-                    if auth.failures.blocked(
+                    if auth.failures.blocked_or_reserve(
                         &state.peer,
                         auth.max_failures,
                         auth.failure_window,
@@ -684,6 +709,9 @@ async fn handle_events(
                 username,
             } => {
                 info!(%mechanism, user = %username, "authenticated");
+                if let Some(auth) = &settings.auth {
+                    auth.failures.forgive(&state.peer);
+                }
                 info.auth_user = Some(username);
                 None
             }
@@ -694,7 +722,7 @@ async fn handle_events(
             } => {
                 match (&settings.auth, reason) {
                     (Some(auth), AuthFailure::BadCredentials) => {
-                        auth.failures.record(&state.peer, auth.failure_window);
+                        // Already counted when the lookup began.
                         state.auth_failures += 1;
                         let delay = auth.delay(state.auth_failures);
                         warn!(
@@ -973,6 +1001,40 @@ impl SessionCounts {
 /// Sessions are counted per IP address (per label for links without one).
 fn peer_key(link: &Link) -> String {
     let info = link.info();
-    info.peer_ip
-        .map_or_else(|| info.peer.clone(), |ip| ip.to_string())
+    info.peer_ip.map_or_else(
+        || info.peer.clone(),
+        |ip| match ip {
+            // One IPv6 site usually holds a whole /64: count it as one
+            // peer, or an attacker rotating addresses in it escapes every
+            // per-peer limit.
+            std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+            other => other.to_string(),
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    /// Ten attempts from one address whose lookups all start before any of
+    /// them has failed (parallel sessions): only `max` get through.
+    #[tokio::test]
+    async fn parallel_attempts_cannot_outrun_the_failure_limit() {
+        let log = FailureLog::default();
+        let window = Duration::from_secs(900);
+        let passed = (0..10)
+            .filter(|_| !log.blocked_or_reserve("192.0.2.1", 5, window))
+            .count();
+        assert_eq!(passed, 5);
+        // A success gives its attempt back; another address is unaffected.
+        log.forgive("192.0.2.1");
+        assert!(!log.blocked_or_reserve("192.0.2.1", 5, window));
+        assert!(!log.blocked_or_reserve("192.0.2.2", 5, window));
+    }
 }
