@@ -182,7 +182,6 @@ async fn an_orderly_clear_is_end_of_file_after_the_data() {
     let mut got = Vec::new();
     far.read_to_end(&mut got).await.unwrap();
     assert!(got == data);
-    let _ = Duration::ZERO;
 }
 
 /// `drain` returns once everything written has crossed the line and been
