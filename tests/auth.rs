@@ -22,24 +22,13 @@ const PASSWORD: &str = "correct horse";
 /// A self-signed pair for 127.0.0.1 and a users file with alice, who may
 /// send as alice@example.org only.
 struct Setup {
-    cert: PathBuf,
-    key: PathBuf,
+    tls: Cert,
     users: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let cert = dir.path().join("cert.pem");
-    let key = dir.path().join("key.pem");
-    let out = smtplink()
-        .args(["gen-cert", "localhost", "127.0.0.1", "--cert"])
-        .arg(&cert)
-        .arg("--key")
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
     let users = dir.path().join("users");
     let mut child = smtplink()
         .args(["passwd", "--users"])
@@ -54,8 +43,7 @@ fn setup() -> Setup {
     writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
     assert!(child.wait().unwrap().success());
     Setup {
-        cert,
-        key,
+        tls: gen_cert(),
         users,
         _dir: dir,
     }
@@ -66,9 +54,9 @@ impl Setup {
     fn serve(&self, config: Option<&str>, extra: &[&str]) -> Serve {
         let mut args = vec![
             "--tls-cert",
-            self.cert.to_str().unwrap(),
+            self.tls.cert.to_str().unwrap(),
             "--tls-key",
-            self.key.to_str().unwrap(),
+            self.tls.key.to_str().unwrap(),
             "--users",
             self.users.to_str().unwrap(),
         ];
@@ -184,7 +172,7 @@ fn smtplib_starttls_login() {
     let server = s.serve(None, &["--relay-policy", "local-only"]);
     let out = Command::new("python3")
         .args(["-c", SMTPLIB_LOGIN, &server.port.to_string()])
-        .arg(&s.cert)
+        .arg(&s.tls.cert)
         .arg(PASSWORD)
         .output()
         .unwrap();
@@ -202,7 +190,7 @@ fn curl_ssl_reqd_user() {
     let msg = message_file(server.dir.path());
     let out = Command::new(curl)
         .args(["-sS", "--ssl-reqd", "--cacert"])
-        .arg(&s.cert)
+        .arg(&s.tls.cert)
         .args(["--url", &format!("smtp://127.0.0.1:{}", server.port)])
         .args(["--user", &format!("alice:{PASSWORD}")])
         .args(["--mail-from", "alice@example.org"])
@@ -225,7 +213,7 @@ fn msmtp_tls_auth() {
     let mut child = Command::new(msmtp)
         .args(["--host=127.0.0.1", &format!("--port={}", server.port)])
         .args(["--tls=on", "--tls-starttls=on", "--auth=on", "--user=alice"])
-        .arg(format!("--tls-trust-file={}", s.cert.display()))
+        .arg(format!("--tls-trust-file={}", s.tls.cert.display()))
         // msmtp reads the password from a command's output.
         .arg(format!("--passwordeval=echo '{PASSWORD}'"))
         .args(["--from=alice@example.org", "grace@example.net"])
@@ -379,7 +367,7 @@ fn relay_needs_authentication() {
     // Unauthenticated: local recipients yes, relaying no.
     let lines = dialogue(
         &server,
-        &s.cert,
+        &s.tls.cert,
         &[
             "EHLO client.test",
             "MAIL FROM:<x@example.com>",
@@ -391,12 +379,12 @@ fn relay_needs_authentication() {
     assert!(lines[3].2.starts_with("550 5.7.1"), "{lines:?}");
     assert!(lines[4].2.starts_with("250"), "{lines:?}");
     // PLAIN over plaintext on a listener that is not trusted: 538.
-    let lines = dialogue(&server, &s.cert, &["EHLO client.test", &auth, "QUIT"]);
+    let lines = dialogue(&server, &s.tls.cert, &["EHLO client.test", &auth, "QUIT"]);
     assert!(lines[2].2.starts_with("538 5.7.11"), "{lines:?}");
     // Authenticated inside TLS: relayed, into the spool.
     let lines = dialogue(
         &server,
-        &s.cert,
+        &s.tls.cert,
         &[
             "EHLO client.test",
             "STARTTLS",
@@ -429,7 +417,7 @@ fn wrong_password_is_slowed_then_refused() {
     // A loopback listener is trusted, but PLAIN still wants TLS.
     let lines = dialogue(
         &server,
-        &s.cert,
+        &s.tls.cert,
         &[
             "EHLO client.test",
             "STARTTLS",
@@ -465,7 +453,7 @@ fn sender_must_be_allowed_and_submission_requires_auth() {
     let server = s.serve(None, &["--relay-policy", "authenticated", "--require-auth"]);
     let lines = dialogue(
         &server,
-        &s.cert,
+        &s.tls.cert,
         &[
             "EHLO client.test",
             "MAIL FROM:<alice@example.org>",
@@ -496,7 +484,7 @@ fn commands_before_mail_are_limited() {
     let server = s.serve(Some("[limits]\ncommands_before_mail = 4\n"), &[]);
     let lines = dialogue(
         &server,
-        &s.cert,
+        &s.tls.cert,
         &["EHLO client.test", "NOOP", "RSET", "VRFY x", "NOOP", "NOOP"],
     );
     let r = replies(&lines);
@@ -516,7 +504,7 @@ fn slow_drip_is_dropped_and_nothing_stored() {
     let server = s.serve(Some(config), &[]);
     let lines = dialogue(
         &server,
-        &s.cert,
+        &s.tls.cert,
         &[
             "EHLO client.test",
             "MAIL FROM:<a@example.org>",
@@ -548,7 +536,7 @@ fn scram_sha_256_in_plaintext() {
     // SCRAM sends no password, so it is offered without TLS; PLAIN is not.
     let lines = dialogue(
         &server,
-        &s.cert,
+        &s.tls.cert,
         &[
             "EHLO client.test",
             &format!("SCRAM alice {PASSWORD}"),
@@ -561,7 +549,7 @@ fn scram_sha_256_in_plaintext() {
     assert!(r.iter().any(|l| l.starts_with("250 2.1.0")), "{r:?}");
     let lines = dialogue(
         &server,
-        &s.cert,
+        &s.tls.cert,
         &[
             "EHLO client.test",
             "SCRAM alice wrong",

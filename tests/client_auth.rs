@@ -22,32 +22,6 @@ impl Drop for Killed {
     }
 }
 
-/// A self-signed pair for localhost and 127.0.0.1, made by `gen-cert`.
-struct Cert {
-    cert: PathBuf,
-    key: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-fn gen_cert() -> Cert {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = dir.path().join("cert.pem");
-    let key = dir.path().join("key.pem");
-    let out = smtplink()
-        .args(["gen-cert", "localhost", "127.0.0.1", "--cert"])
-        .arg(&cert)
-        .arg("--key")
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    Cert {
-        cert,
-        key,
-        _dir: dir,
-    }
-}
-
 /// aiosmtpd requiring STARTTLS and AUTH; one user, `alice` with password
 /// `open sesame`. Each message is saved as `msg-N.eml` (its recipients on
 /// the first line) in argv[2]; each AUTH attempt is appended to argv[5]

@@ -15,36 +15,6 @@ use common::*;
 use smtplink_transport::{Link, LinkInfo};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-/// A self-signed pair for localhost and 127.0.0.1, made by `gen-cert`.
-struct Cert {
-    cert: PathBuf,
-    key: PathBuf,
-    pin: String,
-    _dir: tempfile::TempDir,
-}
-
-fn gen_cert() -> Cert {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = dir.path().join("cert.pem");
-    let key = dir.path().join("key.pem");
-    let out = smtplink()
-        .args(["gen-cert", "localhost", "127.0.0.1", "--cert"])
-        .arg(&cert)
-        .arg("--key")
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let pin = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert!(pin.starts_with("pin:sha256:"), "{pin}");
-    Cert {
-        cert,
-        key,
-        pin,
-        _dir: dir,
-    }
-}
-
 fn serve_tls(cert: &Cert, extra: &[&str]) -> Serve {
     let mut args = vec![
         "--tls-cert",

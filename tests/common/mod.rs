@@ -417,3 +417,36 @@ pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A self-signed pair for localhost and 127.0.0.1 made by `smtplink
+/// gen-cert`, and the pin it printed; the files live as long as this.
+pub struct Cert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[allow(dead_code)]
+    pub pin: String,
+    _dir: tempfile::TempDir,
+}
+
+#[allow(dead_code)]
+pub fn gen_cert() -> Cert {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    let out = smtplink()
+        .args(["gen-cert", "localhost", "127.0.0.1", "--cert"])
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let pin = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(pin.starts_with("pin:sha256:"), "{pin}");
+    Cert {
+        cert,
+        key,
+        pin,
+        _dir: dir,
+    }
+}
