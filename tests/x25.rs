@@ -221,71 +221,77 @@ async fn two_relay_nodes_both_ways_over_x25_mem_through_the_simulator() {
     assert_exactly(&a.maildir(), "user@a.test", &to_a);
 }
 
-/// A sink that notes when each message (by Subject) finished arriving.
+/// A sink that records each message as it finishes arriving: its Subject,
+/// the TLS version of its session (`None`: plaintext, from the link facts
+/// the server driver gives the handler), its body and the instant.
 #[derive(Clone, Default)]
-struct Arrivals(Arc<Mutex<Vec<(String, usize, tokio::time::Instant)>>>);
+struct Recorder(Arc<Mutex<Vec<Arrival>>>);
 
-struct ArrivalSession {
-    arrivals: Arrivals,
+#[derive(Clone)]
+struct Arrival {
+    subject: String,
+    tls: Option<String>,
+    body: Vec<u8>,
+    at: tokio::time::Instant,
+}
+
+struct RecorderSession {
+    recorder: Recorder,
     body: Vec<u8>,
 }
 
 #[async_trait]
-impl Backend for Arrivals {
+impl Backend for Recorder {
     async fn open(&self, _: &SessionInfo) -> Result<Box<dyn SessionHandler>, Reply> {
-        Ok(Box::new(ArrivalSession {
-            arrivals: self.clone(),
+        Ok(Box::new(RecorderSession {
+            recorder: self.clone(),
             body: Vec::new(),
         }))
     }
 }
 
 #[async_trait]
-impl SessionHandler for ArrivalSession {
+impl SessionHandler for RecorderSession {
     async fn data_chunk(&mut self, chunk: Bytes) -> Result<(), Reply> {
         self.body.extend_from_slice(&chunk);
         Ok(())
     }
 
-    async fn data_end(&mut self, _: &SessionInfo) -> Result<String, Reply> {
-        let text = String::from_utf8_lossy(&self.body[..self.body.len().min(300)]).into_owned();
-        let subject = text
+    async fn data_end(&mut self, info: &SessionInfo) -> Result<String, Reply> {
+        let body = std::mem::take(&mut self.body);
+        let head = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+        let subject = head
             .lines()
             .find_map(|l| l.strip_prefix("Subject: "))
             .unwrap_or("")
             .to_owned();
-        self.arrivals.0.lock().unwrap().push((
+        self.recorder.0.lock().unwrap().push(Arrival {
             subject,
-            self.body.len(),
-            tokio::time::Instant::now(),
-        ));
-        self.body.clear();
+            tls: info.link.tls.as_ref().map(|t| t.version.clone()),
+            body,
+            at: tokio::time::Instant::now(),
+        });
         Ok("ok".into())
     }
 }
 
-/// Head-of-line: on one 9600-baud line (about 18 minutes for 1 MiB), a
-/// 10 KiB message sent 30 s after a 1 MiB one started arrives within a
-/// minute of being sent, long before the big one finishes. Paused clock:
-/// exact and quick.
-#[tokio::test(start_paused = true)]
-async fn a_small_message_overtakes_a_big_one_on_the_same_line() {
-    let config = smtplink_mem::sim::SimConfig::default().seed(3).baud(9600);
+/// Two lines joined by a simulated line with `config`, the link layers
+/// told its rate; A is the DTE.
+fn simulated_lines(config: smtplink_mem::sim::SimConfig) -> (Line, Line) {
+    let rate = config.baud.map(|baud| baud / 10);
     let (a, b, _) = smtplink_mem::sim::pair(config);
     let mut config_a = LineConfig::new(Role::Dte);
     let mut config_b = LineConfig::new(Role::Dce);
-    config_a.lapb.line_rate = Some(960);
-    config_b.lapb.line_rate = Some(960);
-    let line_a = Line::spawn(a, config_a, "a");
-    let line_b = Line::spawn(b, config_b, "b");
-    let arrivals = Arrivals::default();
-    let mut incoming = line_b.listen("smtp");
-    let backend: Arc<dyn Backend> = Arc::new(arrivals.clone());
-    let settings = Arc::new(ServerSettings {
-        command_timeout: Duration::from_secs(7200),
-        data_timeout: Duration::from_secs(7200),
-        ..ServerSettings::default()
-    });
+    config_a.lapb.line_rate = rate;
+    config_b.lapb.line_rate = rate;
+    (Line::spawn(a, config_a, "a"), Line::spawn(b, config_b, "b"))
+}
+
+/// Runs an SMTP server session on every circuit called in on `line`.
+fn serve_circuits(line: &Line, settings: ServerSettings, backend: Recorder) {
+    let mut incoming = line.listen("smtp");
+    let settings = Arc::new(settings);
+    let backend: Arc<dyn Backend> = Arc::new(backend);
     tokio::spawn(async move {
         while let Some(circuit) = incoming.accept().await {
             tokio::spawn(serve_link(
@@ -296,6 +302,23 @@ async fn a_small_message_overtakes_a_big_one_on_the_same_line() {
             ));
         }
     });
+}
+
+/// Head-of-line: on one 9600-baud line (about 18 minutes for 1 MiB), a
+/// 10 KiB message sent 30 s after a 1 MiB one started arrives within a
+/// minute of being sent, long before the big one finishes. Paused clock:
+/// exact and quick.
+#[tokio::test(start_paused = true)]
+async fn a_small_message_overtakes_a_big_one_on_the_same_line() {
+    let config = smtplink_mem::sim::SimConfig::default().seed(3).baud(9600);
+    let (line_a, line_b) = simulated_lines(config);
+    let recorder = Recorder::default();
+    let settings = ServerSettings {
+        command_timeout: Duration::from_secs(7200),
+        data_timeout: Duration::from_secs(7200),
+        ..ServerSettings::default()
+    };
+    serve_circuits(&line_b, settings, recorder.clone());
     let send = |line: Line, subject: &'static str, size: usize| async move {
         let link = line.call("smtp").await.unwrap().into_link(1);
         let mut client = SmtpClient::handshake(link, ClientSettings::default())
@@ -318,12 +341,12 @@ async fn a_small_message_overtakes_a_big_one_on_the_same_line() {
     tokio::time::sleep(Duration::from_secs(30)).await;
     let small_sent = send(line_a.clone(), "small", 10 * 1024).await;
     big.await.unwrap();
-    let arrivals = arrivals.0.lock().unwrap().clone();
+    let arrivals = recorder.0.lock().unwrap().clone();
     let at = |subject: &str| {
         arrivals
             .iter()
-            .find(|(s, _, _)| s == subject)
-            .map(|(_, _, at)| *at)
+            .find(|a| a.subject == subject)
+            .map(|a| a.at)
             .unwrap()
     };
     let small_took = at("small") - small_sent;
@@ -456,47 +479,6 @@ fn two_serve_nodes_both_ways_over_x25_serial_on_a_pty_pair() {
     let _ = socat.wait();
 }
 
-/// A sink that records, per message, whether its session was encrypted
-/// (from the link facts the server driver gives the handler).
-#[derive(Clone, Default)]
-struct TlsSink(Arc<Mutex<Vec<Sealed>>>);
-
-/// The TLS version of the session (`None`: plaintext) and the body.
-type Sealed = (Option<String>, Vec<u8>);
-
-struct TlsSinkSession {
-    sink: TlsSink,
-    body: Vec<u8>,
-}
-
-#[async_trait]
-impl Backend for TlsSink {
-    async fn open(&self, _: &SessionInfo) -> Result<Box<dyn SessionHandler>, Reply> {
-        Ok(Box::new(TlsSinkSession {
-            sink: self.clone(),
-            body: Vec::new(),
-        }))
-    }
-}
-
-#[async_trait]
-impl SessionHandler for TlsSinkSession {
-    async fn data_chunk(&mut self, chunk: Bytes) -> Result<(), Reply> {
-        self.body.extend_from_slice(&chunk);
-        Ok(())
-    }
-
-    async fn data_end(&mut self, info: &SessionInfo) -> Result<String, Reply> {
-        let tls = info.link.tls.as_ref().map(|t| t.version.clone());
-        self.sink
-            .0
-            .lock()
-            .unwrap()
-            .push((tls, std::mem::take(&mut self.body)));
-        Ok("ok".into())
-    }
-}
-
 /// STARTTLS inside an X.25 virtual circuit over the simulated line (with
 /// bit errors, which the frame check and ARQ hide): the driver server with
 /// a `gen-cert` pair on one end, `SmtpClient` with TLS required and the
@@ -517,35 +499,17 @@ async fn starttls_over_an_x25_circuit() {
         .seed(11)
         .baud(115_200)
         .bit_error_rate(1e-6);
-    let (a, b, _) = smtplink_mem::sim::pair(config);
-    let mut config_a = LineConfig::new(Role::Dte);
-    let mut config_b = LineConfig::new(Role::Dce);
-    config_a.lapb.line_rate = Some(11_520);
-    config_b.lapb.line_rate = Some(11_520);
-    let line_a = Line::spawn(a, config_a, "a");
-    let line_b = Line::spawn(b, config_b, "b");
-
-    let sink = TlsSink::default();
-    let mut incoming = line_b.listen("smtp");
-    let backend: Arc<dyn Backend> = Arc::new(sink.clone());
-    let settings = Arc::new(ServerSettings {
+    let (line_a, line_b) = simulated_lines(config);
+    let recorder = Recorder::default();
+    let settings = ServerSettings {
         engine: ServerConfig {
             hostname: "b.test".into(),
             ..ServerConfig::default()
         },
         tls: Some(server_tls),
         ..ServerSettings::default()
-    });
-    tokio::spawn(async move {
-        while let Some(circuit) = incoming.accept().await {
-            tokio::spawn(serve_link(
-                circuit.into_link(1),
-                settings.clone(),
-                backend.clone(),
-                Shutdown::new(),
-            ));
-        }
-    });
+    };
+    serve_circuits(&line_b, settings, recorder.clone());
 
     let link = line_a.call("smtp").await.unwrap().into_link(1);
     let settings = ClientSettings {
@@ -576,8 +540,8 @@ async fn starttls_over_an_x25_circuit() {
     assert!(report.all_accepted(), "{report:?}");
     client.quit().await.unwrap();
 
-    let got = sink.0.lock().unwrap().clone();
+    let got = recorder.0.lock().unwrap().clone();
     assert_eq!(got.len(), 1);
-    assert_eq!(got[0].0.as_deref(), Some(version.as_str()));
-    assert_eq!(got[0].1, body);
+    assert_eq!(got[0].tls.as_deref(), Some(version.as_str()));
+    assert_eq!(got[0].body, body);
 }
