@@ -12,7 +12,6 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Killed(Child);
 impl Drop for Killed {
@@ -225,32 +224,16 @@ fn send_with_a_wrong_password_fails_permanently() {
 /// no credentials; exit 75.
 #[tokio::test]
 async fn credentials_never_go_to_a_server_without_starttls() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let fake = tokio::spawn(async move {
-        let (mut tcp, _) = listener.accept().await.unwrap();
-        tcp.write_all(b"220 plain ESMTP\r\n").await.unwrap();
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 4096];
-        let mut replied = false;
-        loop {
-            let n = tcp.read(&mut buf).await.unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            seen.extend_from_slice(&buf[..n]);
-            if !replied && seen.ends_with(b"\r\n") {
-                replied = true;
-                tcp.write_all(b"250-plain\r\n250 AUTH PLAIN LOGIN\r\n")
-                    .await
-                    .unwrap();
-            }
-            if seen.ends_with(b"QUIT\r\n") {
-                let _ = tcp.write_all(b"221 bye\r\n").await;
-            }
+    let (port, fake) = fake_server(|line| {
+        if line.starts_with("EHLO") {
+            Some(b"250-plain\r\n250 AUTH PLAIN LOGIN\r\n")
+        } else if line.starts_with("QUIT") {
+            Some(b"221 bye\r\n")
+        } else {
+            None
         }
-        String::from_utf8(seen).unwrap()
-    });
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let msg = message_file(dir.path(), "secret");
     let out = tokio::task::spawn_blocking(move || {
@@ -279,46 +262,26 @@ async fn credentials_never_go_to_a_server_without_starttls() {
 /// `--auth-trusted-link` the same server gets AUTH PLAIN.
 #[tokio::test]
 async fn plaintext_mechanisms_only_on_a_trusted_link() {
-    async fn fake_server(listener: tokio::net::TcpListener) -> String {
-        let (mut tcp, _) = listener.accept().await.unwrap();
-        tcp.write_all(b"220 plain ESMTP\r\n").await.unwrap();
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 4096];
-        let mut answered = 0;
-        loop {
-            let n = tcp.read(&mut buf).await.unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            seen.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&seen).into_owned();
-            let lines: Vec<&str> = text.split_inclusive("\r\n").collect();
-            while answered < lines.len() && lines[answered].ends_with("\r\n") {
-                let line = lines[answered];
-                answered += 1;
-                let reply: &[u8] = if line.starts_with("EHLO") {
-                    b"250-plain\r\n250 AUTH PLAIN LOGIN\r\n"
-                } else if line.starts_with("AUTH PLAIN") {
-                    b"235 2.7.0 ok\r\n"
-                } else if line.starts_with("DATA") {
-                    b"354 go\r\n"
-                } else if line == ".\r\n" || line.starts_with("MAIL") || line.starts_with("RCPT") {
-                    b"250 ok\r\n"
-                } else if line.starts_with("QUIT") {
-                    b"221 bye\r\n"
-                } else {
-                    continue;
-                };
-                tcp.write_all(reply).await.unwrap();
-            }
-        }
-        String::from_utf8(seen).unwrap()
+    /// Enough of a server to take a message after AUTH PLAIN.
+    fn answer(line: &str) -> Option<&'static [u8]> {
+        let reply: &[u8] = if line.starts_with("EHLO") {
+            b"250-plain\r\n250 AUTH PLAIN LOGIN\r\n"
+        } else if line.starts_with("AUTH PLAIN") {
+            b"235 2.7.0 ok\r\n"
+        } else if line.starts_with("DATA") {
+            b"354 go\r\n"
+        } else if line == ".\r\n" || line.starts_with("MAIL") || line.starts_with("RCPT") {
+            b"250 ok\r\n"
+        } else if line.starts_with("QUIT") {
+            b"221 bye\r\n"
+        } else {
+            return None;
+        };
+        Some(reply)
     }
     let dir = tempfile::tempdir().unwrap();
     for trusted in [false, true] {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let fake = tokio::spawn(fake_server(listener));
+        let (port, fake) = fake_server(answer).await;
         let msg = message_file(dir.path(), "trusted");
         let out = tokio::task::spawn_blocking(move || {
             let mut cmd = smtplink();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use smtplink_transport::{Link, LinkInfo};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 fn serve_tls(cert: &Cert, extra: &[&str]) -> Serve {
     let mut args = vec![
@@ -410,32 +410,16 @@ async fn injected_reply_after_220_is_not_read_inside_tls() {
 /// (exit 75), and nothing but EHLO and QUIT crosses the wire in plaintext.
 #[tokio::test]
 async fn required_tls_without_starttls_fails_temporarily_and_sends_nothing() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let fake = tokio::spawn(async move {
-        let (mut tcp, _) = listener.accept().await.unwrap();
-        tcp.write_all(b"220 plain ESMTP\r\n").await.unwrap();
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 4096];
-        let mut replied = false;
-        loop {
-            let n = tcp.read(&mut buf).await.unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            seen.extend_from_slice(&buf[..n]);
-            if !replied && seen.ends_with(b"\r\n") {
-                replied = true;
-                tcp.write_all(b"250-plain\r\n250 PIPELINING\r\n")
-                    .await
-                    .unwrap();
-            }
-            if seen.ends_with(b"QUIT\r\n") {
-                let _ = tcp.write_all(b"221 bye\r\n").await;
-            }
+    let (port, fake) = fake_server(|line| {
+        if line.starts_with("EHLO") {
+            Some(b"250-plain\r\n250 PIPELINING\r\n")
+        } else if line.starts_with("QUIT") {
+            Some(b"221 bye\r\n")
+        } else {
+            None
         }
-        String::from_utf8(seen).unwrap()
-    });
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let msg = message_file(dir.path(), "secret");
     let out = tokio::task::spawn_blocking(move || {

@@ -450,3 +450,42 @@ pub fn gen_cert() -> Cert {
         _dir: dir,
     }
 }
+
+/// A fake SMTP server on 127.0.0.1 for one client, for tests that watch
+/// what a client sends: it greets with `220 plain ESMTP`, answers each
+/// complete line with `answer(line)` (nothing when that is `None`), and
+/// hands back everything the client sent once it hangs up. Returns the
+/// port and the task.
+pub async fn fake_server(
+    answer: fn(&str) -> Option<&'static [u8]>,
+) -> (u16, tokio::task::JoinHandle<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        tcp.write_all(b"220 plain ESMTP\r\n").await.unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut answered = 0;
+        loop {
+            let n = tcp.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&seen).into_owned();
+            let lines: Vec<&str> = text.split_inclusive("\r\n").collect();
+            while answered < lines.len() && lines[answered].ends_with("\r\n") {
+                let line = lines[answered];
+                answered += 1;
+                if let Some(reply) = answer(line) {
+                    // The client may already have hung up (after QUIT).
+                    let _ = tcp.write_all(reply).await;
+                }
+            }
+        }
+        String::from_utf8(seen).unwrap()
+    });
+    (port, task)
+}
