@@ -76,7 +76,7 @@ fn delivered_trace(server: &Serve, mailbox: &str) -> String {
     split_trace(&stored).0.replace("\r\n\t", " ")
 }
 
-fn message_file(dir: &Path) -> PathBuf {
+fn alice_message(dir: &Path) -> PathBuf {
     let path = dir.join("msg.eml");
     std::fs::write(
         &path,
@@ -187,7 +187,7 @@ fn curl_ssl_reqd_user() {
     };
     let s = setup();
     let server = s.serve(None, &["--relay-policy", "local-only"]);
-    let msg = message_file(server.dir.path());
+    let msg = alice_message(server.dir.path());
     let out = Command::new(curl)
         .args(["-sS", "--ssl-reqd", "--cacert"])
         .arg(&s.tls.cert)
@@ -209,7 +209,7 @@ fn msmtp_tls_auth() {
     };
     let s = setup();
     let server = s.serve(None, &["--relay-policy", "local-only"]);
-    let msg = std::fs::read(message_file(server.dir.path())).unwrap();
+    let msg = std::fs::read(alice_message(server.dir.path())).unwrap();
     let mut child = Command::new(msmtp)
         .args(["--host=127.0.0.1", &format!("--port={}", server.port)])
         .args(["--tls=on", "--tls-starttls=on", "--auth=on", "--user=alice"])
@@ -593,7 +593,7 @@ fn smtplink_client_to_smtplink_server_with_scram() {
         ])
         .arg("--auth-password-file")
         .arg(&password)
-        .arg(message_file(work.path()))
+        .arg(alice_message(work.path()))
         .env("RUST_LOG", "debug")
         .output()
         .unwrap();

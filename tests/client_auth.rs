@@ -140,19 +140,9 @@ fn password_file(dir: &Path, name: &str, password: &str) -> PathBuf {
     path
 }
 
-fn message_file(dir: &Path, tag: &str) -> PathBuf {
-    let path = dir.join(format!("{tag}.eml"));
-    std::fs::write(
-        &path,
-        format!("From: a@example.org\r\nSubject: {tag}\r\n\r\nauthenticated {tag}\r\n"),
-    )
-    .unwrap();
-    path
-}
-
 fn send_with_auth(server: &AuthServer, password_file: &Path, tag: &str) -> Output {
     let dir = tempfile::tempdir().unwrap();
-    let msg = message_file(dir.path(), tag);
+    let msg = message_file(dir.path(), tag, &format!("authenticated {tag}"));
     // No --tls: credentials make TLS required by default.
     smtplink()
         .args(["send", "--server", &server.url()])
@@ -187,7 +177,7 @@ fn send_authenticates_inside_starttls() {
     assert!(!stderr.contains("open sesame"), "{stderr}");
 
     // The password from the environment instead of a file.
-    let msg = message_file(dir.path(), "env");
+    let msg = message_file(dir.path(), "env", "authenticated env");
     let out = smtplink()
         .args(["send", "--server", &server.url()])
         .args(["--tls-trust", &server.trust(), "--auth-user", "alice"])
@@ -235,7 +225,7 @@ async fn credentials_never_go_to_a_server_without_starttls() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let msg = message_file(dir.path(), "secret");
+    let msg = message_file(dir.path(), "secret", "authenticated secret");
     let out = tokio::task::spawn_blocking(move || {
         smtplink()
             .args(["send", "--server", &format!("tcp://127.0.0.1:{port}")])
@@ -282,7 +272,7 @@ async fn plaintext_mechanisms_only_on_a_trusted_link() {
     let dir = tempfile::tempdir().unwrap();
     for trusted in [false, true] {
         let (port, fake) = fake_server(answer).await;
-        let msg = message_file(dir.path(), "trusted");
+        let msg = message_file(dir.path(), "trusted", "authenticated trusted");
         let out = tokio::task::spawn_blocking(move || {
             let mut cmd = smtplink();
             cmd.args(["send", "--server", &format!("tcp://127.0.0.1:{port}")])
@@ -356,7 +346,7 @@ target = "local"
         bad = bad.display(),
     );
     let node = Serve::start_with_config("a.test", Some(&config), &[]);
-    let msg = message_file(dir.path(), "relayed");
+    let msg = message_file(dir.path(), "relayed", "authenticated relayed");
     for to in ["bob@example.net", "carol@example.com"] {
         let out = smtplink()
             .args(["send", "--server", &node.url(), "--tls", "none"])

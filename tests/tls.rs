@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -48,16 +47,6 @@ fn wait_for_port(port: u16) {
         assert!(Instant::now() < deadline, "nothing listens on {port}");
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn message_file(dir: &Path, tag: &str) -> PathBuf {
-    let path = dir.join(format!("{tag}.eml"));
-    std::fs::write(
-        &path,
-        format!("From: a@example.org\r\nSubject: {tag}\r\n\r\nover TLS\r\n"),
-    )
-    .unwrap();
-    path
 }
 
 #[test]
@@ -140,7 +129,7 @@ fn curl_ssl_reqd() {
     };
     let cert = gen_cert();
     let server = serve_tls(&cert, &[]);
-    let msg = message_file(server.dir.path(), "curl");
+    let msg = message_file(server.dir.path(), "curl", "over TLS");
     let out = Command::new(curl)
         .args(["-sS", "--ssl-reqd", "--cacert"])
         .arg(&cert.cert)
@@ -161,7 +150,7 @@ fn msmtp_starttls() {
     };
     let cert = gen_cert();
     let server = serve_tls(&cert, &[]);
-    let msg = std::fs::read(message_file(server.dir.path(), "msmtp")).unwrap();
+    let msg = std::fs::read(message_file(server.dir.path(), "msmtp", "over TLS")).unwrap();
     let mut child = Command::new(msmtp)
         .args(["--host=127.0.0.1", &format!("--port={}", server.port)])
         .args(["--auth=off", "--tls=on", "--tls-starttls=on"])
@@ -224,7 +213,7 @@ fn send_starttls_to_aiosmtpd() {
         .unwrap();
     let _child = Killed(child);
     wait_for_port(port);
-    let msg = message_file(dir.path(), "aiosmtpd");
+    let msg = message_file(dir.path(), "aiosmtpd", "over TLS");
     let trust = format!("pem:{}", cert.cert.display());
     let out = smtplink()
         .args(["send", "--server", &format!("tcp://127.0.0.1:{port}")])
@@ -259,7 +248,7 @@ fn starttls_over_a_pty_pair() {
     });
     let listen = format!("serial://{}?baud=115200", b.display());
     let server = serve_tls(&cert, &["--listen", &listen]);
-    let msg = message_file(dir.path(), "serial");
+    let msg = message_file(dir.path(), "serial", "over TLS");
     let out = smtplink()
         .args([
             "send",
@@ -421,7 +410,7 @@ async fn required_tls_without_starttls_fails_temporarily_and_sends_nothing() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let msg = message_file(dir.path(), "secret");
+    let msg = message_file(dir.path(), "secret", "over TLS");
     let out = tokio::task::spawn_blocking(move || {
         smtplink()
             .args(["send", "--server", &format!("tcp://127.0.0.1:{port}")])
@@ -446,7 +435,7 @@ fn pinned_certificate_mismatch_fails_temporarily() {
     let cert = gen_cert();
     let other = gen_cert();
     let server = serve_tls(&cert, &[]);
-    let msg = message_file(server.dir.path(), "pin");
+    let msg = message_file(server.dir.path(), "pin", "over TLS");
     let out = smtplink()
         .args(["send", "--server", &server.url()])
         .args(["--tls", "required", "--tls-trust", &other.pin])
@@ -489,7 +478,7 @@ fn gen_cert_pair_is_usable_and_key_is_private() {
 fn sighup_reloads_the_certificate() {
     let cert = gen_cert();
     let mut server = serve_tls(&cert, &[]);
-    let msg = message_file(server.dir.path(), "reload");
+    let msg = message_file(server.dir.path(), "reload", "over TLS");
     let send = |pin: &str| {
         smtplink()
             .args(["send", "--server", &server.url()])

@@ -489,3 +489,15 @@ pub async fn fake_server(
     });
     (port, task)
 }
+
+/// Writes a small message with Subject `tag` and body `text` to
+/// `dir/tag.eml` and returns its path.
+pub fn message_file(dir: &Path, tag: &str, text: &str) -> PathBuf {
+    let path = dir.join(format!("{tag}.eml"));
+    std::fs::write(
+        &path,
+        format!("From: a@example.org\r\nSubject: {tag}\r\n\r\n{text}\r\n"),
+    )
+    .unwrap();
+    path
+}
