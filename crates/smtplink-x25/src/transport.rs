@@ -134,6 +134,11 @@ impl X25Transport {
         self.lines.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The line in the table under `key`, unless it has ended.
+    fn open_line(&self, key: &str) -> Option<Line> {
+        open_in(&self.table(), key)
+    }
+
     fn parse(&self, endpoint: &Endpoint) -> Result<Parsed, TransportError> {
         let invalid = |reason: String| TransportError::invalid_endpoint(endpoint, reason);
         let Some(inner_scheme) = endpoint.scheme().strip_prefix("x25+") else {
@@ -253,12 +258,7 @@ impl X25Transport {
         parsed: &Parsed,
         default_role: Role,
     ) -> Result<(Line, u32), TransportError> {
-        if let Some(line) = self
-            .table()
-            .get(&parsed.key)
-            .filter(|l| !l.is_ended())
-            .cloned()
-        {
+        if let Some(line) = self.open_line(&parsed.key) {
             return Ok((line, scale_for(parsed.line_rate)));
         }
         if self
@@ -282,8 +282,8 @@ impl X25Transport {
         // Another task may have opened one meanwhile; the first one wins
         // and ours is dropped (its stream closes).
         let mut table = self.table();
-        match table.get(&parsed.key).filter(|l| !l.is_ended()) {
-            Some(existing) => Ok((existing.clone(), scale)),
+        match open_in(&table, &parsed.key) {
+            Some(existing) => Ok((existing, scale)),
             None => {
                 table.insert(parsed.key.clone(), line.clone());
                 Ok((line, scale))
@@ -299,12 +299,7 @@ impl X25Transport {
         let deadline = tokio::time::Instant::now() + parsed.config.call_timeout;
         loop {
             let attached = self.attached.notified();
-            if let Some(line) = self
-                .table()
-                .get(&parsed.key)
-                .filter(|l| !l.is_ended())
-                .cloned()
-            {
+            if let Some(line) = self.open_line(&parsed.key) {
                 return Ok((line, scale_for(parsed.line_rate)));
             }
             if tokio::time::timeout_at(deadline, attached).await.is_err() {
@@ -319,6 +314,11 @@ impl X25Transport {
             }
         }
     }
+}
+
+/// The line under `key` in `table`, unless it has ended.
+fn open_in(table: &HashMap<String, Line>, key: &str) -> Option<Line> {
+    table.get(key).filter(|line| !line.is_ended()).cloned()
 }
 
 /// SMTP timers stretch on slow lines (as for plain serial links).
