@@ -254,6 +254,7 @@ impl Line {
             encoder: FrameEncoder::new(config.frame),
             xot_in: BytesMut::new(),
             out: BytesMut::new(),
+            warned_same_role: false,
         };
         let span = tracing::info_span!("x25", line = %shared.label);
         tokio::spawn(tracing::Instrument::instrument(task.run(stream), span));
@@ -612,6 +613,8 @@ struct Driver {
     xot_in: BytesMut,
     /// Bytes ready for the stream.
     out: BytesMut,
+    /// The same-role warning was logged (once per line is enough).
+    warned_same_role: bool,
 }
 
 /// Refill `out` from the layers only below this, so the link layer hands
@@ -743,11 +746,15 @@ impl Driver {
             state.stats.decode = *self.decoder.stats();
             state.stats.frames_received += frames.len() as u64;
             if let Some(lapb) = &mut state.lapb {
-                let before = lapb.stats().same_role_frames;
                 for frame in frames {
                     lapb.handle_frame(&frame, now);
                 }
-                if before == 0 && lapb.stats().same_role_frames > 0 {
+                // Only a link that cannot come up is worth the look.
+                if !self.warned_same_role
+                    && !lapb.is_connected()
+                    && lapb.stats().same_role_frames > 0
+                {
+                    self.warned_same_role = true;
                     tracing::warn!(
                         "x25: the other end uses the same role as this one; one end of a line must say role=dte, the other role=dce"
                     );
