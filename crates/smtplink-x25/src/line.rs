@@ -273,14 +273,7 @@ impl Line {
 
     /// The line's counters.
     pub fn stats(&self) -> LineStats {
-        let state = lock(&self.shared);
-        let mut stats = state.stats.clone();
-        stats.control_queued = state.packets.queued_control();
-        if let Some(lapb) = &state.lapb {
-            stats.lapb = lapb.stats();
-            stats.control_queued += lapb.queued_control();
-        }
-        stats
+        lock(&self.shared).figures()
     }
 
     /// Counters of one open circuit.
@@ -706,16 +699,9 @@ impl Driver {
                 () = self.shared.wake.notified() => {}
             }
         };
-        {
-            let state = lock(&self.shared);
-            let mut stats = state.stats.clone();
-            if let Some(lapb) = &state.lapb {
-                stats.lapb = lapb.stats();
-            }
-            tracing::info!(reason = %why, figures = %stats, "x25 line ended");
-        }
         let shared = self.shared.clone();
         let mut state = lock(&shared);
+        tracing::info!(reason = %why, figures = %state.figures(), "x25 line ended");
         state.packets.link_lost(now());
         self.pump(&mut state);
         // Calls waiting for an answer, listeners and circuits all learn.
@@ -952,6 +938,17 @@ impl Driver {
 }
 
 impl State {
+    /// The line's counters with the layers' own filled in.
+    fn figures(&self) -> LineStats {
+        let mut stats = self.stats.clone();
+        stats.control_queued = self.packets.queued_control();
+        if let Some(lapb) = &self.lapb {
+            stats.lapb = lapb.stats();
+            stats.control_queued += lapb.queued_control();
+        }
+        stats
+    }
+
     /// The largest packet XOT may carry in one go: the configured data
     /// size plus room for the longest (modulo 128) data packet header.
     fn packets_max(&self) -> usize {
