@@ -227,7 +227,7 @@ fn send_starttls_to_aiosmtpd() {
     assert!(got.ends_with(b"over TLS\r\n"), "{got:?}");
 }
 
-/// STARTTLS over a serial line: two pty ends joined by socat, `serve` on
+/// STARTTLS over a serial line (x25+serial): two pty ends joined by socat, `serve` on
 /// one, `send` (with a pinned certificate) on the other.
 #[test]
 fn starttls_over_a_pty_pair() {
@@ -246,14 +246,15 @@ fn starttls_over_a_pty_pair() {
     wait_for("socat ptys", Duration::from_secs(10), || {
         a.exists() && b.exists()
     });
-    let listen = format!("serial://{}?baud=115200", b.display());
+    // x25+serial: the plain serial session layer does not carry TLS.
+    let listen = format!("x25+serial://{}?baud=115200&role=dce", b.display());
     let server = serve_tls(&cert, &["--listen", &listen]);
     let msg = message_file(dir.path(), "serial", "over TLS");
     let out = smtplink()
         .args([
             "send",
             "--server",
-            &format!("serial://{}?baud=115200", a.display()),
+            &format!("x25+serial://{}?baud=115200&role=dte", a.display()),
         ])
         .args(["--tls", "required", "--tls-trust", &cert.pin])
         .args(["--from", "a@example.org", "--to", "grace@example.net"])
